@@ -1,0 +1,369 @@
+"""AxonDeepSeg-style BIDS microscopy datasets (TEM, SEM, BF, CARS, ...) to nnU-Net raw format.
+
+Reads ``sub-*/micr/*.{png,tif,tiff}`` with their manual labels
+``derivatives/labels/sub-*/micr/<stem>_seg-axonmyelin-manual.png`` (0 background, 127 myelin, 255 axon) or the
+separate ``_seg-axon-manual`` / ``_seg-myelin-manual`` masks (axon wins where they overlap). Other derivatives are
+ignored. nnU-Net labels: 0 background, 1 myelin, 2 axon. Pixel sizes come from the JSON sidecars, following BIDS
+inheritance (the most specific applicable sidecar wins: image level, then subject level, then dataset level).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from nnunet_ext.dataset_conversion.nnunet_raw import AXON_MYELIN_LABELS, NnUNetRawWriter
+
+IMAGE_EXTENSIONS = (".png", ".tif", ".tiff")
+UNIT_TO_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "micrometer": 1.0, "nm": 1e-3, "mm": 1e3}
+AXONMYELIN_VALUES = {0: 0, 127: 1, 255: 2}  # ADS axonmyelin mask value -> nnU-Net label
+# Real masks drift from the nominal values (ads_sem's sub-rat2 has myelin at 128 and a few anti-aliased pixels):
+# each pixel goes to the nearest nominal value, and the number of off-nominal pixels is reported.
+
+
+@dataclass
+class BidsMicroscopyImage:
+    """One image of a BIDS microscopy dataset, with what the converter needs to know about it."""
+
+    path: Path
+    subject: str
+    entities: dict
+    modality: str
+    pixel_size_um: float | None
+    label_files: dict = field(default_factory=dict)  # "axonmyelin" | "axon" | "myelin" -> Path
+
+    @property
+    def stem(self) -> str:
+        return _strip_extension(self.path.name)
+
+    @property
+    def sample(self) -> str:
+        return self.entities.get("sample", "")
+
+    @property
+    def has_label(self) -> bool:
+        return "axonmyelin" in self.label_files or {"axon", "myelin"} <= set(self.label_files)
+
+
+def _strip_extension(name: str) -> str:
+    for ext in (".ome.tiff", ".ome.tif", *IMAGE_EXTENSIONS, ".json"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def parse_bids_name(name: str) -> tuple[dict, str]:
+    """Entities and suffix of a BIDS file name: ``sub-rat3_sample-data9_SEM.png`` -> ({sub, sample}, "SEM")."""
+    parts = _strip_extension(name).split("_")
+    entities = {}
+    for part in parts[:-1]:
+        key, sep, value = part.partition("-")
+        if not sep:
+            raise ValueError(f"{name}: '{part}' is not a BIDS key-value entity")
+        entities[key] = value
+    return entities, parts[-1]
+
+
+def pixel_size_from_sidecar(sidecar: Path) -> float:
+    """Isotropic pixel size in um from a BIDS microscopy JSON sidecar (``PixelSize``, ``PixelSizeUnits``)."""
+    try:
+        meta = json.loads(Path(sidecar).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{sidecar}: not valid JSON ({error})") from None
+    if "PixelSize" not in meta:
+        raise ValueError(f"{sidecar}: no 'PixelSize' field")
+    size = meta["PixelSize"]
+    sizes = [float(s) for s in (size if isinstance(size, (list, tuple)) else [size])]
+    unit = str(meta.get("PixelSizeUnits", "um")).strip()
+    if unit not in UNIT_TO_UM:
+        raise ValueError(f"{sidecar}: PixelSizeUnits {unit!r} not understood (use um, nm or mm)")
+    sizes_um = [s * UNIT_TO_UM[unit] for s in sizes[:2]]
+    if any(not np.isfinite(s) or s <= 0 for s in sizes_um):
+        raise ValueError(f"{sidecar}: PixelSize must be positive, got {size}")
+    if len(sizes_um) == 2 and not np.isclose(sizes_um[0], sizes_um[1], rtol=1e-3):
+        raise ValueError(f"{sidecar}: anisotropic pixels {sizes_um} um are not supported")
+    return sizes_um[0]
+
+
+def find_sidecar(image: Path, bids_root: Path) -> Path | None:
+    """The most specific JSON sidecar that applies to ``image`` under BIDS inheritance, or None."""
+    entities, suffix = parse_bids_name(image.name)
+    folders = [image.parent]
+    while folders[-1] != bids_root and bids_root in folders[-1].parents:
+        folders.append(folders[-1].parent)
+    best, best_rank = None, None
+    for depth, folder in enumerate(folders):
+        for candidate in folder.glob(f"*{suffix}.json"):
+            try:
+                cand_entities, cand_suffix = parse_bids_name(candidate.name)
+            except ValueError:
+                continue
+            if cand_suffix != suffix or any(entities.get(k) != v for k, v in cand_entities.items()):
+                continue
+            rank = (-depth, len(cand_entities))  # nearer folder first, then more entities
+            if best_rank is None or rank > best_rank:
+                best, best_rank = candidate, rank
+    return best
+
+
+def find_bids_images(bids_root: str | os.PathLike, label_suffix: str = "manual") -> list[BidsMicroscopyImage]:
+    """All microscopy images of a BIDS dataset with their pixel sizes and label files.
+
+    Parameters
+    ----------
+    bids_root : path
+        Root of the BIDS dataset (holds ``sub-*`` folders).
+    label_suffix : str
+        Which label derivatives to use: ``<stem>_seg-<class>-<label_suffix>.png``.
+    """
+    root = Path(bids_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: BIDS dataset folder not found")
+    images = []
+    for path in sorted(root.glob("sub-*/**/micr/*")):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or "derivatives" in path.relative_to(root).parts:
+            continue
+        entities, suffix = parse_bids_name(path.name)
+        sidecar = find_sidecar(path, root)
+        image = BidsMicroscopyImage(path, entities.get("sub", ""), entities, suffix,
+                                    pixel_size_from_sidecar(sidecar) if sidecar else None)
+        label_dir = root / "derivatives" / "labels" / path.parent.relative_to(root)
+        for kind in ("axonmyelin", "axon", "myelin"):
+            label = label_dir / f"{image.stem}_seg-{kind}-{label_suffix}.png"
+            if label.is_file():
+                image.label_files[kind] = label
+        images.append(image)
+    if not images:
+        raise FileNotFoundError(f"{root}: no microscopy images found under sub-*/micr/ "
+                                f"(extensions {', '.join(IMAGE_EXTENSIONS)})")
+    return images
+
+
+def read_grey_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a microscopy image as one grey channel, keeping 8 or 16 bits.
+
+    Grey+alpha drops alpha; RGB(A) becomes luminance (scikit-image's ``rgb2gray``, Rec. 709 weights) in the input's
+    bit depth.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        array = tifffile.imread(path)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            array = np.array(im)
+    return to_single_channel(array, path)
+
+
+def to_single_channel(array: np.ndarray, source: str | os.PathLike = "image") -> np.ndarray:
+    """Grey, grey+alpha, RGB or RGBA array to one grey channel of the same integer type."""
+    from skimage.color import rgb2gray
+    from skimage.util import img_as_ubyte, img_as_uint
+
+    if array.ndim == 2:
+        grey = array
+    elif array.ndim == 3 and array.shape[-1] == 2:
+        grey = array[..., 0]
+    elif array.ndim == 3 and array.shape[-1] in (3, 4):
+        grey = rgb2gray(array[..., :3])
+        grey = img_as_uint(grey) if array.dtype == np.uint16 else img_as_ubyte(grey)
+    else:
+        raise ValueError(f"{source}: expected a 2D grey, grey+alpha, RGB or RGBA image, got shape {array.shape}")
+    if grey.dtype == np.bool_:
+        grey = grey.astype(np.uint8) * 255
+    if grey.dtype not in (np.uint8, np.uint16):
+        if np.issubdtype(grey.dtype, np.integer) and grey.min() >= 0 and grey.max() < 65536:
+            grey = grey.astype(np.uint16)
+        else:
+            raise ValueError(f"{source}: pixel type {grey.dtype} not supported (8- or 16-bit unsigned expected)")
+    return grey
+
+
+def _read_binary_mask(path: Path) -> np.ndarray:
+    mask = read_grey_image(path)
+    threshold = np.iinfo(mask.dtype).max // 2 if mask.max() > 1 else 0
+    off_nominal = int(np.count_nonzero((mask != 0) & (mask != mask.max())))
+    if off_nominal:
+        warnings.warn(f"{path}: {off_nominal} pixel(s) neither 0 nor {mask.max()}; thresholded at {threshold}")
+    return mask > threshold
+
+
+def read_axon_myelin_label(image: BidsMicroscopyImage) -> np.ndarray:
+    """nnU-Net label map (0 background, 1 myelin, 2 axon) from an image's manual masks."""
+    if "axonmyelin" in image.label_files:
+        path = image.label_files["axonmyelin"]
+        mask = read_grey_image(path)
+        if mask.dtype != np.uint8:
+            raise ValueError(f"{path}: axonmyelin mask must be 8-bit (0, 127, 255), got {mask.dtype}")
+        nominal = np.array(sorted(AXONMYELIN_VALUES))
+        # nearest nominal value: below 64 background, 64..191 myelin, from 192 axon
+        nearest = np.abs(mask[..., None].astype(np.int16) - nominal).argmin(axis=-1)
+        label = np.array([AXONMYELIN_VALUES[v] for v in nominal], np.uint8)[nearest]
+        off_nominal = int(np.count_nonzero(~np.isin(mask, nominal)))
+        if off_nominal:
+            warnings.warn(f"{path}: {off_nominal} pixel(s) not 0/127/255, mapped to the nearest of those")
+    else:
+        axon = _read_binary_mask(image.label_files["axon"])
+        myelin = _read_binary_mask(image.label_files["myelin"])
+        if axon.shape != myelin.shape:
+            raise ValueError(f"{image.label_files['axon']} and {image.label_files['myelin']}: shapes differ "
+                             f"({axon.shape} vs {myelin.shape})")
+        label = np.zeros(axon.shape, np.uint8)
+        label[myelin] = 1
+        label[axon] = 2  # axon wins where the masks overlap
+    return label
+
+
+def resample_to_pixel_size(image: np.ndarray, label: np.ndarray | None, pixel_size_um: float,
+                           target_pixel_size_um: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resample an image (linear, anti-aliased) and its label map (nearest) to ``target_pixel_size_um``."""
+    from skimage.transform import resize
+
+    scale = pixel_size_um / target_pixel_size_um
+    shape = tuple(max(1, int(round(s * scale))) for s in image.shape)
+    resized = resize(image, shape, order=1, preserve_range=True, anti_aliasing=scale < 1).round()
+    resized = resized.astype(image.dtype)
+    if label is not None:
+        label = resize(label, shape, order=0, preserve_range=True, anti_aliasing=False).astype(label.dtype)
+    return resized, label
+
+
+def read_test_subjects_file(split_file: str | os.PathLike) -> set[str]:
+    """Subjects (``sub-`` prefix optional) or image stems listed under ``"test"`` in a JSON split file."""
+    path = Path(split_file)
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: cannot read split file ({error})") from None
+    if not isinstance(content, dict) or not isinstance(content.get("test"), list):
+        raise ValueError(f'{path}: expected a JSON object with a "test" list of subjects or image stems')
+    return {str(s) for s in content["test"]}
+
+
+def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.PathLike, dataset_id: int,
+                            dataset_name: str, test_subjects: Iterable[str] = (),
+                            split_file: str | os.PathLike | None = None,
+                            target_pixel_size_um: float | None = None, unlabelled: str = "test",
+                            label_suffix: str = "manual", overwrite: bool = False,
+                            progress: bool = True) -> Path:
+    """Convert one or more BIDS microscopy datasets into one nnU-Net raw dataset.
+
+    Parameters
+    ----------
+    bids_root : path or sequence of paths
+        BIDS dataset(s). Several roots go into one dataset (subjects must then be distinct).
+    raw_root : path
+        nnU-Net raw folder.
+    dataset_id, dataset_name : int, str
+        Destination ``DatasetXXX_Name``.
+    test_subjects : iterable of str
+        Subjects (``rat3`` or ``sub-rat3``) or image stems whose images go to imagesTs/labelsTs.
+    split_file : path, optional
+        JSON file ``{"test": [...]}``, merged with ``test_subjects``.
+    target_pixel_size_um : float, optional
+        Resample every image to this pixel size. Default: keep pixels as they are (the resolution-ignorant
+        generalist model), recording each pixel size in the manifest.
+    unlabelled : {"test", "skip", "error"}
+        What to do with images without manual labels.
+    label_suffix : str
+        Label derivative to read (``manual``).
+    overwrite : bool
+        Replace an existing dataset.
+
+    Returns
+    -------
+    Path
+        The dataset folder.
+    """
+    roots = [Path(bids_root)] if isinstance(bids_root, (str, os.PathLike)) else [Path(r) for r in bids_root]
+    if unlabelled not in ("test", "skip", "error"):
+        raise ValueError(f"unlabelled must be 'test', 'skip' or 'error', got {unlabelled!r}")
+    wanted_test = {s.removeprefix("sub-") for s in test_subjects}
+    if split_file is not None:
+        wanted_test |= {s.removeprefix("sub-") for s in read_test_subjects_file(split_file)}
+    images = [image for root in roots for image in find_bids_images(root, label_suffix)]
+    known = {i.subject for i in images} | {i.stem for i in images}
+    unknown = sorted(wanted_test - known)
+    if unknown:
+        raise ValueError(f"test subjects/images not found in {', '.join(map(str, roots))}: {unknown}")
+    if target_pixel_size_um is not None:
+        if target_pixel_size_um <= 0:
+            raise ValueError(f"target pixel size must be positive, got {target_pixel_size_um}")
+        missing = [str(i.path) for i in images if i.pixel_size_um is None]
+        if missing:
+            raise ValueError(f"resampling needs every pixel size; no PixelSize sidecar applies to {missing}")
+    skipped = []
+    with NnUNetRawWriter(raw_root, dataset_id, dataset_name, AXON_MYELIN_LABELS, file_ending=".png",
+                         overwrite=overwrite,
+                         dataset_json_extra={"reference": ", ".join(str(r.resolve()) for r in roots)}) as writer:
+        for image in tqdm(images, desc=f"Converting {dataset_name}", unit="image", disable=not progress):
+            if not image.has_label and unlabelled != "test":
+                if unlabelled == "error":
+                    raise ValueError(f"{image.path}: no manual label in derivatives/labels")
+                skipped.append(image.path)
+                continue
+            grey = read_grey_image(image.path)
+            label = read_axon_myelin_label(image) if image.has_label else None
+            if label is not None and label.shape != grey.shape:
+                raise ValueError(f"{image.path}: image is {grey.shape} but its label is {label.shape}")
+            pixel_size = image.pixel_size_um
+            if target_pixel_size_um is not None:
+                grey, label = resample_to_pixel_size(grey, label, pixel_size, target_pixel_size_um)
+                pixel_size = target_pixel_size_um
+            is_test = image.subject in wanted_test or image.stem in wanted_test or label is None
+            writer.add_case(grey, label, split="test" if is_test else "train",
+                            source_files=[image.path, *image.label_files.values()], subject=f"sub-{image.subject}",
+                            sample=image.sample, modality=image.modality, pixel_size_um=pixel_size,
+                            source_pixel_size_um=image.pixel_size_um)
+        destination = writer.finish()
+    if skipped:
+        print(f"Skipped {len(skipped)} image(s) without labels: {', '.join(map(str, skipped))}")
+    return destination
+
+
+def register_convert_cli(convert_subparsers) -> None:
+    parser = convert_subparsers.add_parser(
+        "bids", help="AxonDeepSeg-style BIDS microscopy dataset(s) (TEM, SEM, BF, CARS) to nnU-Net raw",
+        description="Convert BIDS microscopy datasets with manual axon/myelin labels "
+                    "(derivatives/labels/sub-*/micr/<stem>_seg-axonmyelin-manual.png, or _seg-axon/_seg-myelin) to "
+                    "an nnU-Net raw dataset (labels 0 background, 1 myelin, 2 axon) with a manifest.csv.")
+    parser.add_argument("bids_root", nargs="+", help="BIDS dataset folder(s)")
+    _add_destination_arguments(parser)
+    parser.add_argument("--test-subjects", nargs="*", default=[], metavar="SUB",
+                        help="subjects (or image stems) held out to imagesTs/labelsTs")
+    parser.add_argument("--split-file", help='JSON file {"test": [subjects or image stems]}')
+    parser.add_argument("--target-pixel-size", type=float, metavar="UM",
+                        help="resample every image to this pixel size in um (default: keep native pixels, as the "
+                             "resolution-ignorant generalist model does)")
+    parser.add_argument("--unlabelled", choices=("test", "skip", "error"), default="test",
+                        help="images without manual labels: put in imagesTs (default), skip, or fail")
+    parser.set_defaults(func=_run_bids_cli)
+
+
+def _add_destination_arguments(parser) -> None:
+    parser.add_argument("--raw", default=os.environ.get("nnUNet_raw"),
+                        help="nnU-Net raw folder (default: $nnUNet_raw)")
+    parser.add_argument("-d", "--dataset-id", type=int, required=True, help="nnU-Net dataset ID (1-999)")
+    parser.add_argument("-n", "--name", required=True, help="dataset name (DatasetXXX_<name>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+
+
+def _run_bids_cli(args) -> int:
+    if not args.raw:
+        raise ValueError("no nnU-Net raw folder: pass --raw or set nnUNet_raw")
+    destination = convert_bids_microscopy(args.bids_root, args.raw, args.dataset_id, args.name,
+                                          test_subjects=args.test_subjects, split_file=args.split_file,
+                                          target_pixel_size_um=args.target_pixel_size, unlabelled=args.unlabelled,
+                                          overwrite=args.overwrite)
+    print(f"Wrote {destination} (manifest: {destination / 'manifest.csv'})")
+    return 0

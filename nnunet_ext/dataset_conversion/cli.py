@@ -1,0 +1,24 @@
+"""Command-line registration of dataset conversion: ``nnunet-ext convert <source>`` and ``nnunet-ext phantoms``."""
+from __future__ import annotations
+
+import importlib
+
+# Modules that add a source to ``nnunet-ext convert`` through ``register_convert_cli(convert_subparsers)``.
+CONVERTER_MODULES = (
+    "nnunet_ext.dataset_conversion.bids_microscopy",
+)
+
+
+def register_cli(subparsers) -> None:
+    convert = subparsers.add_parser(
+        "convert", help="convert a microscopy source to an nnU-Net raw dataset (with manifest.csv)",
+        description="Convert a source dataset to nnU-Net raw format through one shared writer: imagesTr/labelsTr/"
+                    "imagesTs(/labelsTs), dataset.json and a manifest.csv of where every case came from.")
+    sources = convert.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    for module_name in CONVERTER_MODULES:
+        importlib.import_module(module_name).register_convert_cli(sources)
+    try:
+        phantoms = importlib.import_module("nnunet_ext.dataset_conversion.phantoms")
+    except ImportError:  # phantoms module still being written
+        return
+    phantoms.register_cli(subparsers)

@@ -1,0 +1,128 @@
+"""Plans variants: copies of an nnU-Net plans file with a changed network or patch size, under a new plans name.
+
+nnU-Net keeps one JSON plans file per plans name in the dataset's preprocessed folder; ``nnUNetv2_preprocess
+-plans_name NAME`` and ``nnUNetv2_train ... -p NAME`` select it. Deriving a variant from the planner's output (rather
+than writing a planner class, which nnU-Net only finds inside its own package) keeps everything nnU-Net inferred from
+the dataset (spacing, normalisation, intensity properties) and changes only what we mean to change.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+CPU_PLANS_NAME = "nnUNetPlans_cpu"
+
+
+def preprocessed_dataset_folder(dataset: str | int) -> Path:
+    """The nnU-Net preprocessed folder of a dataset given by ID (``12``) or name (``Dataset012_X``)."""
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    return Path(nnUNet_preprocessed.require()) / maybe_convert_to_dataset_name(dataset)
+
+
+def derive_plans(dataset: str | int, target_plans: str, edit: Callable[[str, dict], None],
+                 configurations: Sequence[str], source_plans: str = "nnUNetPlans",
+                 overwrite: bool = False) -> Path:
+    """Write plans ``target_plans`` derived from ``source_plans``, keeping only ``configurations``.
+
+    Parameters
+    ----------
+    dataset : str or int
+        Dataset ID or name; its preprocessed folder must hold ``<source_plans>.json`` (run
+        ``nnUNetv2_plan_and_preprocess`` or ``nnUNetv2_plan_experiment`` first).
+    target_plans : str
+        Name of the new plans (file ``<target_plans>.json``).
+    edit : callable
+        ``edit(configuration_name, configuration_dict)`` changes one configuration in place.
+    configurations : sequence of str
+        Configurations to keep and edit. Each gets its own ``data_identifier`` so its preprocessed data never
+        mixes with the source plans'.
+    source_plans : str
+        Plans to start from.
+    overwrite : bool
+        Replace an existing ``<target_plans>.json``.
+
+    Returns
+    -------
+    Path
+        The written plans file.
+    """
+    folder = preprocessed_dataset_folder(dataset)
+    source_file = folder / f"{source_plans}.json"
+    target_file = folder / f"{target_plans}.json"
+    if not source_file.is_file():
+        raise FileNotFoundError(f"{source_file}: source plans not found; plan the dataset with nnU-Net first "
+                                f"(nnUNetv2_plan_and_preprocess -d {dataset} --no_pp)")
+    if target_file.exists() and not overwrite:
+        raise FileExistsError(f"{target_file} exists; pass overwrite=True (--overwrite) to replace it")
+    plans = json.loads(source_file.read_text())
+    missing = [c for c in configurations if c not in plans["configurations"]]
+    if missing:
+        raise ValueError(f"{source_file}: no configuration {missing}; it has {sorted(plans['configurations'])}")
+    derived = copy.deepcopy(plans)
+    derived["plans_name"] = target_plans
+    derived["configurations"] = {}
+    for name in configurations:
+        configuration = _resolved_configuration(plans, name)
+        configuration["data_identifier"] = f"{target_plans}_{name}"
+        edit(name, configuration)
+        derived["configurations"][name] = configuration
+    tmp = target_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(derived, indent=4, sort_keys=False))
+    os.replace(tmp, target_file)
+    return target_file
+
+
+def _resolved_configuration(plans: dict, name: str) -> dict:
+    """A configuration with ``inherits_from`` folded in, so the derived plans stand alone."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    return copy.deepcopy(PlansManager(plans).get_configuration(name).configuration)
+
+
+def small_unet_edit(patch_size: Sequence[int], features_per_stage: Sequence[int] = (16, 32, 64, 128),
+                    batch_size: int = 8) -> Callable[[str, dict], None]:
+    """Edit for :func:`derive_plans` that makes nnU-Net's PlainConvUNet small enough for CPU training.
+
+    Stages are as many as ``features_per_stage`` has entries (each halves the patch after the first), so every
+    patch dimension must be divisible by ``2 ** (len(features_per_stage) - 1)``.
+    """
+    n_stages = len(features_per_stage)
+    factor = 2 ** (n_stages - 1)
+    if any(int(s) % factor for s in patch_size):
+        raise ValueError(f"patch size {tuple(patch_size)} must be divisible by {factor} for {n_stages} stages")
+
+    def edit(name: str, configuration: dict) -> None:
+        dim = len(configuration["patch_size"])
+        if len(patch_size) != dim:
+            raise ValueError(f"configuration {name} is {dim}D but patch size {tuple(patch_size)} is "
+                             f"{len(patch_size)}D")
+        arch = configuration["architecture"]["arch_kwargs"]
+        configuration["patch_size"] = [int(s) for s in patch_size]
+        configuration["batch_size"] = int(batch_size)
+        arch["n_stages"] = n_stages
+        arch["features_per_stage"] = [int(f) for f in features_per_stage]
+        arch["kernel_sizes"] = [[3] * dim for _ in range(n_stages)]
+        arch["strides"] = [[1] * dim] + [[2] * dim for _ in range(n_stages - 1)]
+        arch["n_conv_per_stage"] = [2] * n_stages
+        arch["n_conv_per_stage_decoder"] = [2] * (n_stages - 1)
+    return edit
+
+
+def write_cpu_plans(dataset: str | int, configuration: str = "2d", patch_size: Sequence[int] | None = None,
+                    features_per_stage: Sequence[int] = (16, 32, 64, 128), batch_size: int = 8,
+                    source_plans: str = "nnUNetPlans", target_plans: str = CPU_PLANS_NAME,
+                    overwrite: bool = False) -> Path:
+    """Write the CPU-sized plans variant (default ``nnUNetPlans_cpu``) of one configuration.
+
+    A 4-stage PlainConvUNet with 16 to 128 features on 128x128 (2D) or 64^3 (3D) patches: about 1.9 M parameters
+    for 2D instead of nnU-Net's ~30 M, so a training step takes tens of milliseconds on a laptop CPU.
+    """
+    if patch_size is None:
+        patch_size = (128, 128) if configuration.startswith("2d") else (64, 64, 64)
+    return derive_plans(dataset, target_plans, small_unet_edit(patch_size, features_per_stage, batch_size),
+                        [configuration], source_plans=source_plans, overwrite=overwrite)
