@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "nnunet_ext.demo",
     "nnunet_ext.nnunet_env",
     "nnunet_ext.dataset_conversion.cli",
+    "nnunet_ext.trainers.plans",
     "nnunet_ext.trainers.cli",
     "nnunet_ext.morphometrics.cli",
     "nnunet_ext.evaluation.cli",

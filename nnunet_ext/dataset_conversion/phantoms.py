@@ -23,6 +23,7 @@ and ``derivatives/labels/sub-*/micr/<stem>_seg-{axon,myelin,axonmyelin}-manual.p
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -32,11 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
-from scipy import ndimage
 
 from nnunet_ext import __version__
+
+if TYPE_CHECKING:  # pandas and scipy are imported where used, so that `nnunet-ext --help` stays quick
+    import pandas as pd
 
 CONTRASTS = ("TEM", "SEM", "BF")
 
@@ -109,11 +113,17 @@ class Phantom:
     truth : pandas.DataFrame
         One row per axon, columns :data:`TRUTH_COLUMNS` (AxonDeepSeg's names and units where they exist). Diameters,
         areas, g-ratio, eccentricities and orientation are analytic (the whole ellipse, also for fibres cut by the
-        border); ``axon_pixels`` / ``myelin_pixels`` count the rasterised pixels visible in the image.
+        border; ``x0 (px)``/``y0 (px)`` is the ellipse centre, x the column). Diameters are equivalent diameters
+        (``2 sqrt(a b)``), ``orientation`` follows skimage's ``regionprops`` convention (angle between the row axis
+        and the major axis, in [-pi/2, pi/2)). Measured on the masks: ``touching`` (the fibre's pixels are
+        8-adjacent to another fibre's), ``image_border_touching`` (a fibre pixel lies in the first or last row or
+        column), and ``axon_pixels`` / ``myelin_pixels``, the rasterised pixels visible in the image.
     pixel_size_um : float
         Pixel size in micrometres (square pixels).
     contrast : str
         ``"TEM"``, ``"SEM"`` or ``"BF"``.
+    parameters : dict
+        The generation settings (with the per-contrast defaults filled in), for the record.
     """
 
     image: np.ndarray
@@ -186,7 +196,7 @@ def _overlaps(occupied: np.ndarray, raster) -> bool:
     if raster is None:
         return False
     box, inside = raster
-    return bool(occupied[box][inside].any())
+    return bool(occupied[box][inside].any())  # any nonzero owner
 
 
 def _place_fibres(
@@ -196,57 +206,101 @@ def _place_fibres(
     b: np.ndarray,
     t: np.ndarray,
     theta: np.ndarray,
-    wants_contact: np.ndarray,
+    touching_fraction: float,
     min_gap_px: float,
     max_attempts: int,
 ) -> list[tuple[int, float, float]]:
-    """Rejection-sample non-overlapping centres, largest fibre first. Returns (index, cy, cx) of placed fibres."""
-    occupied = np.zeros(shape, dtype=bool)
+    """Rejection-sample non-overlapping centres, largest fibre first. Returns (index, cy, cx) of placed fibres.
+
+    A fibre is slid into contact with a placed one with a probability equal to the shortfall of touching fibres
+    against ``touching_fraction``, which keeps the share of touching fibres near it throughout the size range.
+    """
+    owner = np.zeros(shape, dtype=np.int32)  # 1 + placement order of the fibre covering each pixel
     placed: list[tuple[int, float, float]] = []
+    touching: list[bool] = []
+    centres = np.empty((len(a), 2))
+    outer = np.empty(len(a))  # circumscribed radius of each placed fibre
+    inner = np.empty(len(a))  # inscribed radius
     height, width = shape
     for index in np.argsort(-(a + t) * (b + t), kind="stable"):
         fa, fb, th = a[index] + t[index], b[index] + t[index], theta[index]
         position = None
-        if wants_contact[index] and placed:
-            position = _contact_position(rng, occupied, placed, a, b, t, theta, index, max_attempts)
+        shortfall = touching_fraction * (len(placed) + 1) - sum(touching)
+        in_contact = bool(placed) and touching_fraction > 0 and rng.random() < shortfall
+        if in_contact:
+            position = _contact_position(rng, owner, placed, touching, a, t, fa, fb, th, max_attempts)
         if position is None:
-            # Keep a gap around fibres that are not meant to touch: test the fibre grown by the gap.
+            in_contact = False
+            # Keep a gap around fibres that are not meant to touch: test the fibre grown by the gap. Centre distances
+            # settle most candidates (certainly apart / certainly overlapping) before any rasterising.
+            n = len(placed)
             for _ in range(max_attempts):
                 cy, cx = rng.uniform(0, height - 1), rng.uniform(0, width - 1)
-                if occupied[int(round(cy)), int(round(cx))]:
+                distance = np.hypot(centres[:n, 0] - cy, centres[:n, 1] - cx)
+                if (distance < inner[:n] + fb + min_gap_px).any():
                     continue
-                if not _overlaps(occupied, _rasterise_ellipse(cy, cx, fa + min_gap_px, fb + min_gap_px, th, shape)):
+                if (distance > outer[:n] + fa + min_gap_px + 1.0).all() or not _overlaps(
+                    owner, _rasterise_ellipse(cy, cx, fa + min_gap_px, fb + min_gap_px, th, shape)
+                ):
                     position = (cy, cx)
                     break
         if position is None:
             continue
         cy, cx = position
         box, inside = _rasterise_ellipse(cy, cx, fa, fb, th, shape)
-        occupied[box] |= inside
+        touching.append(False)
+        if in_contact:
+            for neighbour in _adjacent_owners(owner, box, inside):
+                touching[neighbour - 1] = True
+                touching[-1] = True
+        owner[box][inside] = len(placed) + 1
+        centres[len(placed)] = position
+        outer[len(placed)], inner[len(placed)] = fa, fb
         placed.append((int(index), cy, cx))
     return placed
 
 
-def _contact_position(rng, occupied, placed, a, b, t, thetas, index, attempts) -> tuple[float, float] | None:
-    """Slide the fibre towards a random placed neighbour until it (almost) touches; None if no room."""
-    fa, fb, theta = a[index] + t[index], b[index] + t[index], thetas[index]
-    shape = occupied.shape
+def _adjacent_owners(owner: np.ndarray, box: tuple[slice, slice], inside: np.ndarray) -> np.ndarray:
+    """Labels in ``owner`` that are 8-adjacent to the mask ``inside`` placed at ``box``."""
+    from scipy import ndimage
+
+    rows, cols = box
+    r0, c0 = max(rows.start - 1, 0), max(cols.start - 1, 0)
+    r1, c1 = min(rows.stop + 1, owner.shape[0]), min(cols.stop + 1, owner.shape[1])
+    grown = np.zeros((r1 - r0, c1 - c0), dtype=bool)
+    grown[rows.start - r0 : rows.stop - r0, cols.start - c0 : cols.stop - c0] = inside
+    grown = ndimage.binary_dilation(grown, structure=np.ones((3, 3), dtype=bool))
+    neighbours = owner[r0:r1, c0:c1][grown]
+    return np.unique(neighbours[neighbours > 0])
+
+
+def _contact_position(
+    rng, owner, placed, touching, a, t, fa, fb, theta, attempts
+) -> tuple[float, float] | None:
+    """Slide a fibre towards a placed neighbour until it touches; None if no room was found.
+
+    Neighbours that do not touch anything yet are preferred, so that each contact adds two touching fibres.
+    """
+    shape = owner.shape
+    lonely = [i for i, is_touching in enumerate(touching) if not is_touching]
+    candidates = lonely if lonely else list(range(len(placed)))
     for _ in range(max(attempts // 4, 4)):
-        anchor_index, ay, ax = placed[rng.integers(len(placed))]
+        anchor_index, ay, ax = placed[candidates[rng.integers(len(candidates))]]
         direction = rng.uniform(0, 2 * math.pi)
         dy, dx = math.sin(direction), math.cos(direction)
         far = a[anchor_index] + t[anchor_index] + fa + 1.0
         cy, cx = ay + far * dy, ax + far * dx
         if not (0 <= cy <= shape[0] - 1 and 0 <= cx <= shape[1] - 1):
             continue
-        if _overlaps(occupied, _rasterise_ellipse(cy, cx, fa, fb, theta, shape)):
+        if _overlaps(owner, _rasterise_ellipse(cy, cx, fa, fb, theta, shape)):
             continue
-        # Bisect the distance to the anchor: `far` is free, 0 overlaps the anchor.
+        # Bisect the distance to the anchor's centre: `far` is free, 0 overlaps. The result is free and a quarter
+        # pixel closer would overlap, so its pixels are adjacent to another fibre's.
         free, blocked = far, 0.0
         while free - blocked > 0.25:
             middle = 0.5 * (free + blocked)
             raster = _rasterise_ellipse(ay + middle * dy, ax + middle * dx, fa, fb, theta, shape)
-            if _overlaps(occupied, raster):
+            if _overlaps(owner, raster):
                 blocked = middle
             else:
                 free = middle
@@ -256,19 +310,47 @@ def _contact_position(rng, occupied, placed, a, b, t, thetas, index, attempts) -
 
 # ------------------------------------------------------------------------------------------------------ texture
 def _smooth_noise(rng: np.random.Generator, shape, sigma_px: float) -> np.ndarray:
-    """Gaussian-filtered white noise rescaled to unit standard deviation."""
-    field_ = ndimage.gaussian_filter(rng.standard_normal(shape), max(sigma_px, 0.5), mode="wrap")
-    return field_ / max(float(field_.std()), 1e-12)
+    """Gaussian-filtered white noise with unit standard deviation and correlation length ``sigma_px``.
+
+    Wide kernels are applied on a coarser grid and interpolated back: the same field at a fraction of the cost.
+    """
+    from scipy import ndimage
+
+    sigma_px = max(sigma_px, 0.5)
+    factor = max(1, int(sigma_px // 3))
+    coarse_shape = tuple(-(-n // factor) + 3 for n in shape)
+    white = rng.standard_normal(coarse_shape, dtype=np.float32)
+    field_ = ndimage.gaussian_filter(white, sigma_px / factor, mode="wrap")
+    if factor > 1:
+        field_ = ndimage.zoom(field_, factor, order=1)
+    field_ = field_[: shape[0], : shape[1]]
+    return (field_ - field_.mean()) / max(float(field_.std()), 1e-12)
 
 
-def _blobs(rng: np.random.Generator, shape, density_per_px: float, radius_px: float) -> np.ndarray:
-    """Soft round blobs (0..1) of about ``radius_px`` at Poisson-distributed places."""
-    impulses = np.zeros(shape, dtype=np.float64)
+def _soft_discs(
+    rng: np.random.Generator, shape, density_per_px: float, radius_px: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Round profiles of about ``radius_px`` (radii spread over 0.5x..1.5x) at Poisson-distributed places.
+
+    One Gaussian filter of weighted impulses: a profile of peak ``w`` crosses the 0.5 level at
+    ``sigma sqrt(2 ln 2w)``, so random weights give random sizes. Returns the interiors and their rims
+    (membranes), both soft masks in 0..1.
+    """
+    from scipy import ndimage
+
+    sigma = max(radius_px / 1.18, 0.5)  # a unit peak crosses 0.5 at 1.18 sigma
     count = rng.poisson(density_per_px * shape[0] * shape[1])
-    impulses[rng.integers(0, shape[0], count), rng.integers(0, shape[1], count)] = 1.0
-    sigma = max(radius_px, 0.5)
-    blobs = ndimage.gaussian_filter(impulses, sigma) * (2 * math.pi * sigma * sigma)
-    return np.clip(blobs * 1.6, 0.0, 1.0)
+    relative_radius = rng.uniform(0.5, 1.5, count)
+    impulses = np.zeros(shape, dtype=np.float32)
+    np.maximum.at(
+        impulses,
+        (rng.integers(0, shape[0], count), rng.integers(0, shape[1], count)),
+        0.5 * np.exp((relative_radius * 1.18) ** 2 / 2),
+    )
+    field_ = ndimage.gaussian_filter(impulses, sigma) * (2 * math.pi * sigma * sigma)
+    interiors = np.clip((field_ - 0.45) / 0.15, 0.0, 1.0)
+    rims = np.clip(1.0 - np.abs(field_ - 0.4) / 0.12, 0.0, 1.0)
+    return interiors, rims
 
 
 def _render(
@@ -282,6 +364,8 @@ def _render(
     blur_px: float,
     noise: float,
 ) -> np.ndarray:
+    from scipy import ndimage
+
     shape = axon_mask.shape
     background = ~(axon_mask | myelin_mask)
     um = 1.0 / pixel_size_um  # pixels per micrometre
@@ -289,23 +373,23 @@ def _render(
     # Each fibre gets its own staining offset, as sections never stain evenly.
     myelin_offset = np.concatenate([[0.0], rng.normal(0.0, style.per_fibre_jitter, n_fibres)])
     axon_offset = np.concatenate([[0.0], rng.normal(0.0, style.per_fibre_jitter * 0.6, n_fibres)])
-    image = np.full(shape, style.background)
+    image = np.full(shape, style.background, dtype=np.float32)
     image[axon_mask] = style.axon + axon_offset[fiber_labels[axon_mask]]
     image[myelin_mask] = style.myelin + myelin_offset[fiber_labels[myelin_mask]]
 
-    # Background tissue: mottled texture at two scales plus small unmyelinated profiles with a membrane rim.
+    # Background tissue: mottled texture at two scales, small unmyelinated axons / glial processes with membranes.
     tissue = 0.6 * _smooth_noise(rng, shape, 0.15 * um) + 0.4 * _smooth_noise(rng, shape, 0.5 * um)
     image[background] += style.tissue_texture * tissue[background]
-    profiles = _blobs(rng, shape, 0.4 / (um * um), 0.15 * um)
-    rim = np.clip(ndimage.gaussian_laplace(profiles, max(0.04 * um, 0.5)) * -(0.1 * um) ** 2 * 4.0, 0.0, 1.0)
+    profiles, membranes = _soft_discs(rng, shape, 0.5 / (um * um), 0.25 * um)
     image[background] += (style.unmyelinated - style.background) * profiles[background]
-    image[background] += (style.membrane - style.background) * 0.5 * rim[background]
+    image[background] += (style.membrane - style.background) * 0.7 * membranes[background]
 
     # Axoplasm: fine neurofilament texture and organelles (mitochondria) away from the myelin.
-    inner_axon = ndimage.binary_erosion(axon_mask, iterations=max(int(round(0.08 * um)), 1))
+    inner_axon = ndimage.binary_erosion(axon_mask, iterations=max(int(round(0.1 * um)), 1))
     image[axon_mask] += style.axon_texture * _smooth_noise(rng, shape, 0.03 * um)[axon_mask]
-    organelles = _blobs(rng, shape, 1.2 / (um * um), 0.06 * um)
-    image[inner_axon] += (style.organelle - style.axon) * organelles[inner_axon]
+    organelles, organelle_rims = _soft_discs(rng, shape, 1.0 / (um * um), 0.12 * um)
+    organelles = np.maximum(organelles, 0.6 * organelle_rims) * inner_axon
+    image += (style.organelle - style.axon) * organelles
 
     # Myelin: faint lamellar grain.
     image[myelin_mask] += 0.5 * style.axon_texture * _smooth_noise(rng, shape, 0.02 * um)[myelin_mask]
@@ -315,7 +399,7 @@ def _render(
     if blur_px > 0:
         image = ndimage.gaussian_filter(image, blur_px)
     if noise > 0:
-        image = image + rng.normal(0.0, noise, shape)
+        image += noise * rng.standard_normal(shape, dtype=np.float32)
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -328,7 +412,9 @@ def _check_range(name: str, value, low: float, high: float, *, inclusive_low: bo
     ok_low = lo >= low if inclusive_low else lo > low
     if not (ok_low and hi <= high and lo <= hi):
         bound = "[" if inclusive_low else "("
-        raise ValueError(f"{name} must be a (min, max) pair with min <= max inside {bound}{low}, {high}], got {value!r}")
+        raise ValueError(
+            f"{name} must be a (min, max) pair with min <= max inside {bound}{low}, {high}], got {value!r}"
+        )
     return lo, hi
 
 
@@ -367,9 +453,9 @@ def generate_phantom(
     n_axons : int, optional
         Draw exactly this many fibres instead (again, those that find no room are dropped).
     touching_fraction : float
-        Probability, per fibre, that it is placed in contact with an already placed fibre (both then touch); the
-        others keep ``min_gap_px`` from every fibre. 0 gives no touching fibres at all. The actual outcome is the
-        ``touching`` column of the truth table.
+        Target share of fibres that touch another fibre (their masks share a boundary, so they merge in a binary
+        mask, as touching fibres do in real tissue); the others keep ``min_gap_px`` from every fibre. 0 gives no
+        touching fibres at all. Dense packings can fall short; the outcome is the truth's ``touching`` column.
     eccentricity : (float, float)
         Range of axon eccentricities ``sqrt(1 - (b / a)**2)``; 0 gives circles. Orientations are uniform.
     noise : float, optional
@@ -387,6 +473,8 @@ def generate_phantom(
     Phantom
         Image, masks, instance labels and the truth table.
     """
+    import pandas as pd
+
     contrast = str(contrast).upper()
     if contrast not in _STYLES:
         raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)}, got {contrast!r}")
@@ -426,13 +514,12 @@ def generate_phantom(
     g_ratio = np.array([g for _, g in axon_diam_px], dtype=float).reshape(count)
     ecc = rng.uniform(ecc_lo, ecc_hi, count)
     theta = rng.uniform(-math.pi / 2, math.pi / 2, count)
-    wants_contact = rng.random(count) < touching_fraction
     axis_ratio = np.sqrt(1.0 - ecc**2)  # b / a
     a = diam / 2.0 / np.sqrt(axis_ratio)
     b = diam / 2.0 * np.sqrt(axis_ratio)
     t = myelin_thickness_for_gratio(a, b, g_ratio)
 
-    placed = _place_fibres(rng, shape, a, b, t, theta, wants_contact, min_gap_px, max_attempts=200)
+    placed = _place_fibres(rng, shape, a, b, t, theta, touching_fraction, min_gap_px, max_attempts=200)
 
     # Rasterise: fibre ellipse first, then its axon; fibres never overlap so the order does not matter.
     fiber_labels = np.zeros(shape, dtype=np.int32)
@@ -448,7 +535,6 @@ def generate_phantom(
             axon_box, axon_inside = axon_raster
             axon_mask[axon_box] |= axon_inside
             axon_pixels = int(axon_inside.sum())
-        half_r, half_c = _ellipse_extent(fa, fb, theta[index])
         axon_d, fibre_d = 2 * math.sqrt(a[index] * b[index]), 2 * math.sqrt(fa * fb)
         rows.append(
             {
@@ -464,10 +550,7 @@ def generate_phantom(
                 "eccentricity": ecc[index],
                 "fiber_eccentricity": math.sqrt(1.0 - (fb / fa) ** 2),
                 "orientation": theta[index],
-                # The ellipse reaches past the outermost pixel centres: the fibre is cut by the border.
-                "image_border_touching": bool(
-                    cy - half_r < 0 or cx - half_c < 0 or cy + half_r > shape[0] - 1 or cx + half_c > shape[1] - 1
-                ),
+                "image_border_touching": _on_border(fibre_box, fibre_inside, shape),
                 "axon_pixels": axon_pixels,
                 "myelin_pixels": int(fibre_inside.sum()) - axon_pixels,
             }
@@ -485,6 +568,17 @@ def generate_phantom(
         min_gap_px=float(min_gap_px),
     )
     return Phantom(image, axon_mask, myelin_mask, fiber_labels, truth, float(pixel_size_um), contrast, parameters)
+
+
+def _on_border(box: tuple[slice, slice], inside: np.ndarray, shape: tuple[int, int]) -> bool:
+    """Whether the rasterised fibre has a pixel in the image's first or last row or column (as AxonDeepSeg)."""
+    rows, cols = box
+    return bool(
+        (rows.start == 0 and inside[0].any())
+        or (rows.stop == shape[0] and inside[-1].any())
+        or (cols.start == 0 and inside[:, 0].any())
+        or (cols.stop == shape[1] and inside[:, -1].any())
+    )
 
 
 def _touching_ids(fiber_labels: np.ndarray, n_fibres: int) -> np.ndarray:
@@ -564,6 +658,7 @@ def write_bids_phantom_dataset(
         The dataset folder. It appears complete or not at all: files are written to a temporary sibling folder
         that is renamed at the end.
     """
+    import pandas as pd
     from tqdm import tqdm
 
     out_dir = Path(out_dir).expanduser().absolute()
@@ -575,9 +670,13 @@ def write_bids_phantom_dataset(
         raise ValueError("n_subjects and samples_per_subject must be at least 1")
     if not 0 <= pixel_size_jitter < 1:
         raise ValueError(f"pixel_size_jitter must be in [0, 1), got {pixel_size_jitter!r}")
-    for reserved in ("seed", "contrast"):
+    for reserved in ("seed", "contrast", "shape", "pixel_size_um"):
         if reserved in phantom_options:
             raise ValueError(f"{reserved!r} is set per image by write_bids_phantom_dataset; do not pass it")
+    known = set(inspect.signature(generate_phantom).parameters)
+    unknown_options = sorted(set(phantom_options) - known)
+    if unknown_options:
+        raise ValueError(f"unknown phantom option(s) {unknown_options}; generate_phantom accepts {sorted(known)}")
     if out_dir.exists():
         if not out_dir.is_dir():
             raise FileExistsError(f"{out_dir} exists and is not a folder")
@@ -674,6 +773,8 @@ def _jsonable(value):
 
 
 def _write_metadata(root: Path, participants: list[dict], samples: list[dict], contrasts: Iterable[str]) -> None:
+    import pandas as pd
+
     generated_by = [{"Name": "nnunet-ext phantoms", "Version": __version__}]
     _write_json(
         root / "dataset_description.json",
@@ -798,7 +899,8 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--density", type=float, default=0.45,
                         help="target fraction of the area covered by fibres, at most 0.8 (default: 0.45)")
     parser.add_argument("--touching", type=float, default=0.2, metavar="FRACTION",
-                        help="probability that a fibre is placed in contact with a neighbour (default: 0.2)")
+                        help="target share of fibres touching a neighbour (masks sharing a boundary); 0 keeps every "
+                        "fibre apart (default: 0.2)")
     parser.add_argument("--eccentricity", type=float, nargs=2, default=(0.0, 0.7), metavar=("MIN", "MAX"),
                         help="range of axon eccentricities; 0 0 gives circular axons (default: 0 0.7)")
     parser.add_argument("--noise", type=float, default=None,
@@ -814,6 +916,8 @@ def register_cli(subparsers) -> None:
 
 
 def _run_cli(args) -> int:
+    import pandas as pd
+
     options = dict(
         axon_diameter_um=tuple(args.axon_diameter), gratio=tuple(args.gratio), density=args.density,
         touching_fraction=args.touching, eccentricity=tuple(args.eccentricity), noise=args.noise, blur=args.blur,

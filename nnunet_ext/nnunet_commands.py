@@ -1,0 +1,138 @@
+"""Run nnU-Net's own console commands (``nnUNetv2_plan_and_preprocess``, ``nnUNetv2_train``, ``nnUNetv2_predict``).
+
+The demo and the tests drive nnU-Net exactly as a user's scripts do: the stock console scripts in a subprocess, with
+an environment from :func:`nnunet_ext.nnunet_env.nnunet_environment`. Output goes to a log file; a progress bar
+follows nnU-Net's epochs; a failure raises with the tail of the log.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from nnunet_ext.nnunet_env import nnunet_environment
+from nnunet_ext.trainers.plans import CPU_PLANS_NAME
+
+
+class NnUNetCommandError(RuntimeError):
+    """An nnU-Net command exited with an error."""
+
+
+def cpu_environment(base_folder: str | os.PathLike | None = None, base_env: dict | None = None) -> dict[str, str]:
+    """nnU-Net environment for CPU runs on a small machine.
+
+    No ``torch.compile`` (slow to start, no gain on CPU) and one process for nnU-Net's background work
+    (segmentation export, preprocessing), since spawning workers that each import torch costs more than it saves on
+    two cores. ``nnUNet_n_proc_DA`` (data augmentation workers) is set only for training, see :func:`train`: the
+    planner calls ``torch.set_num_threads`` with it and fails on 0.
+    """
+    env = nnunet_environment(base_folder, base_env)
+    env.setdefault("nnUNet_compile", "f")
+    env.setdefault("nnUNet_def_n_proc", "1")
+    return env
+
+
+def console_script(name: str) -> str:
+    """Path of an installed console script, preferring the one beside the running interpreter (the venv's)."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"nnU-Net command {name} not found; is nnunetv2 installed in this environment?")
+    return found
+
+
+def run_nnunet_command(args: Sequence[str], env: dict, log_file: str | os.PathLike | None = None,
+                       progress_total: int | None = None, progress_desc: str | None = None) -> None:
+    """Run one nnU-Net console command; stream its output to ``log_file``.
+
+    Parameters
+    ----------
+    args : sequence of str
+        Command and arguments, e.g. ``["nnUNetv2_train", "5", "2d", "0"]``.
+    env : dict
+        Environment (see :func:`cpu_environment`).
+    log_file : path, optional
+        Where nnU-Net's output goes (appended). Without it, output is passed through to the console.
+    progress_total : int, optional
+        Number of epochs: shows a progress bar advanced by nnU-Net's ``Epoch N`` lines.
+    """
+    command = [console_script(args[0]), *map(str, args[1:])]
+    tail: deque[str] = deque(maxlen=40)
+    bar = tqdm(total=progress_total, desc=progress_desc or args[0], unit="epoch") if progress_total else None
+    log = open(log_file, "a") if log_file else None
+    try:
+        if log:
+            log.write(f"$ {' '.join(command)}\n")
+            log.flush()
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   bufsize=1)
+        for line in process.stdout:
+            tail.append(line)
+            if log:
+                log.write(line)
+            else:
+                sys.stdout.write(line)
+            if bar is not None:
+                if re.search(r": Epoch (\d+)\s*$", line):
+                    bar.update(1)
+                dice = re.search(r"Pseudo dice \[(.*)\]", line)
+                if dice:
+                    bar.set_postfix_str("pseudo Dice " + ", ".join(re.findall(r"[0-9.]+(?=\))", dice.group(1))))
+        code = process.wait()
+    finally:
+        if bar is not None:
+            bar.close()
+        if log:
+            log.close()
+    if code != 0:
+        where = f" (full log: {log_file})" if log_file else ""
+        raise NnUNetCommandError(f"{' '.join(map(str, args))} failed with exit code {code}{where}:\n"
+                                 + "".join(tail))
+
+
+def plan_and_preprocess_cpu(dataset_id: int, env: dict, configuration: str = "2d",
+                            patch_size: Sequence[int] | None = None, batch_size: int = 8,
+                            features_per_stage: Sequence[int] = (16, 32, 64, 128),
+                            log_file: str | os.PathLike | None = None) -> str:
+    """Fingerprint and plan a dataset with nnU-Net, derive the CPU plans, and preprocess that configuration.
+
+    Returns the plans name (``nnUNetPlans_cpu``).
+    """
+    run_nnunet_command(["nnUNetv2_extract_fingerprint", "-d", dataset_id, "-np", "1"], env, log_file)
+    run_nnunet_command(["nnUNetv2_plan_experiment", "-d", dataset_id], env, log_file)
+    plans_args = ["nnunet-ext", "plans-cpu", "-d", dataset_id, "-c", configuration, "--batch-size", batch_size,
+                  "--features", *features_per_stage, "--overwrite"]
+    if patch_size:
+        plans_args += ["--patch-size", *patch_size]
+    run_nnunet_command(plans_args, env, log_file)
+    run_nnunet_command(["nnUNetv2_preprocess", "-d", dataset_id, "-plans_name", CPU_PLANS_NAME, "-c", configuration,
+                        "-np", "1"], env, log_file)
+    return CPU_PLANS_NAME
+
+
+def train(dataset_id: int, configuration: str, fold: int | str, trainer: str, env: dict,
+          plans: str = CPU_PLANS_NAME, device: str = "cpu", log_file: str | os.PathLike | None = None,
+          epochs: int | None = None) -> None:
+    """``nnUNetv2_train`` with our environment (data augmentation in the main process on CPU)."""
+    env = {**env, "nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "0")}
+    run_nnunet_command(["nnUNetv2_train", dataset_id, configuration, fold, "-p", plans, "-tr", trainer,
+                        "-device", device], env, log_file, progress_total=epochs, progress_desc="Training")
+
+
+def predict(input_folder: str | os.PathLike, output_folder: str | os.PathLike, dataset_id: int,
+            configuration: str, folds: Sequence[int | str], trainer: str, env: dict, plans: str = CPU_PLANS_NAME,
+            device: str = "cpu", checkpoint: str = "checkpoint_final.pth",
+            log_file: str | os.PathLike | None = None) -> None:
+    """``nnUNetv2_predict`` on a folder of ``<case>_0000.<ext>`` images."""
+    run_nnunet_command(["nnUNetv2_predict", "-i", input_folder, "-o", output_folder, "-d", dataset_id,
+                        "-c", configuration, "-f", *folds, "-tr", trainer, "-p", plans, "-chk", checkpoint,
+                        "-device", device, "-npp", "1", "-nps", "1"], env, log_file)
