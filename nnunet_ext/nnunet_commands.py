@@ -6,6 +6,7 @@ follows nnU-Net's epochs; a failure raises with the tail of the log.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -73,8 +74,9 @@ def run_nnunet_command(args: Sequence[str], env: dict, log_file: str | os.PathLi
         if log:
             log.write(f"$ {' '.join(command)}\n")
             log.flush()
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   bufsize=1)
+        # unbuffered, so that epochs reach the log and the progress bar as they happen
+        process = subprocess.Popen(command, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
         for line in process.stdout:
             tail.append(line)
             if log:
@@ -99,23 +101,49 @@ def run_nnunet_command(args: Sequence[str], env: dict, log_file: str | os.PathLi
                                  + "".join(tail))
 
 
+@contextlib.contextmanager
+def applied_environment(env: dict):
+    """Run nnU-Net's Python API in this process under ``env``'s nnU-Net variables (restored afterwards)."""
+    names = [k for k in env if k.startswith("nnUNet")]
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update({k: env[k] for k in names})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def plan_and_preprocess_cpu(dataset_id: int, env: dict, configuration: str = "2d",
                             patch_size: Sequence[int] | None = None, batch_size: int = 8,
                             features_per_stage: Sequence[int] = (16, 32, 64, 128),
                             log_file: str | os.PathLike | None = None) -> str:
     """Fingerprint and plan a dataset with nnU-Net, derive the CPU plans, and preprocess that configuration.
 
-    Returns the plans name (``nnUNetPlans_cpu``).
+    Runs nnU-Net's own planning API (what ``nnUNetv2_plan_and_preprocess`` calls) in this process, which saves
+    several interpreter start-ups on a small machine; the output goes to ``log_file``. Returns the plans name.
     """
-    run_nnunet_command(["nnUNetv2_extract_fingerprint", "-d", dataset_id, "-np", "1"], env, log_file)
-    run_nnunet_command(["nnUNetv2_plan_experiment", "-d", dataset_id], env, log_file)
-    plans_args = ["nnunet-ext", "plans-cpu", "-d", dataset_id, "-c", configuration, "--batch-size", batch_size,
-                  "--features", *features_per_stage, "--overwrite"]
-    if patch_size:
-        plans_args += ["--patch-size", *patch_size]
-    run_nnunet_command(plans_args, env, log_file)
-    run_nnunet_command(["nnUNetv2_preprocess", "-d", dataset_id, "-plans_name", CPU_PLANS_NAME, "-c", configuration,
-                        "-np", "1"], env, log_file)
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
+                                                                      preprocess)
+
+    from nnunet_ext.trainers.plans import write_cpu_plans
+
+    log = open(log_file, "a") if log_file else sys.stdout
+    try:
+        with applied_environment(env), contextlib.redirect_stdout(log):
+            print(f"# nnUNetv2_plan_and_preprocess -d {dataset_id} --verify_dataset_integrity --no_pp -np 1")
+            extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True)
+            plan_experiments([dataset_id])
+            print(f"# nnunet-ext plans-cpu -d {dataset_id} -c {configuration}")
+            write_cpu_plans(dataset_id, configuration, patch_size, features_per_stage, batch_size, overwrite=True)
+            print(f"# nnUNetv2_preprocess -d {dataset_id} -plans_name {CPU_PLANS_NAME} -c {configuration} -np 1")
+            preprocess([dataset_id], CPU_PLANS_NAME, [configuration], [1], show_progress_bar=False)
+    finally:
+        if log_file:
+            log.close()
     return CPU_PLANS_NAME
 
 
