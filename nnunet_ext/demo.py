@@ -179,8 +179,8 @@ def _evaluate(predictions: Path, labels: Path, out: Path):
     table = evaluate_folder(predictions, labels, labels=[1, 2], progress=False)
     table.to_csv(out / "metrics_per_case.csv", index=False)
     means = per_class_means(table)
-    means.to_csv(out / "metrics_mean.csv")
-    dice = {str(row["class_name"]): float(row["Dice"]) for _, row in means.iterrows()}
+    means.to_csv(out / "metrics_mean.csv", index=False)
+    dice = {str(row["class_name"]): float(row["Dice"]) for _, row in means.iterrows() if row["label"] != "mean"}
     return out / "metrics_per_case.csv", dice
 
 

@@ -1,0 +1,46 @@
+"""Evaluation: segmentation metrics against nnU-Net-format references, and neuron tracing distances.
+
+Modules
+-------
+segmentation_metrics
+    Dice, IoU, F1, precision, recall, HD95 per case and class; folder evaluation (``nnunet-ext evaluate``).
+tracing_metrics
+    Vaa3D ``neuron_distance`` scores (ESA, DSA, PDS) between SWC reconstructions (``nnunet-ext tracing-metrics``).
+swc
+    SWC reading and writing.
+
+The names below are imported on first use, so that importing this package (as ``nnunet-ext --help`` does) stays
+instant: nnU-Net, torch and MONAI load only when a metric is computed.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "dice_per_class": "segmentation_metrics",
+    "hd95": "segmentation_metrics",
+    "metrics_per_class": "segmentation_metrics",
+    "evaluate_folder": "segmentation_metrics",
+    "per_class_means": "segmentation_metrics",
+    "mean_iou": "segmentation_metrics",
+    "dice_scores_on_folder": "segmentation_metrics",
+    "neuron_distance": "tracing_metrics",
+    "neuron_distance_on_folders": "tracing_metrics",
+    "TracingMetrics": "tracing_metrics",
+    "read_swc": "swc",
+    "write_swc": "swc",
+    "SWCTree": "swc",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,5 +1,218 @@
-"""Command-line registration for nnunet_ext.evaluation (filled in by its modules)."""
+"""Command-line registration for nnunet_ext.evaluation: ``evaluate`` and ``tracing-metrics``.
+
+Only argparse here; the metric modules (nnU-Net, torch) are imported inside the handlers.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+EVALUATE_DESCRIPTION = """\
+Score a folder of predicted label images against a folder of references (2D or 3D, any format nnU-Net reads:
+PNG, TIFF, NIfTI, ...; files pair by identical name). Per case and per class: Dice, IoU, F1 (= Dice at pixel
+level), precision, recall, HD95 in pixels and, when the pixel size is known, in um; then per-class means (NaN
+cases left out, as nnU-Net), Dice/IoU pooled over all cases, and the mean IoU over classes (mIoU).
+
+Empty masks: a class absent from both reference and prediction gets NaN for every metric (nnU-Net's convention;
+left out of the means). A class in only one of them gets Dice = IoU = F1 = 0, precision or recall 0, and HD95 =
+the image diagonal. HD95 equals MONAI's compute_hausdorff_distance(percentile=95): the larger of the two directed
+95th percentiles of boundary-to-boundary distances.
+
+Labels and the ignore label come from the dataset.json that nnUNetv2_predict copies into PRED_DIR (or
+GT_DIR/../dataset.json), else from --labels, else every non-zero value found. The CSV holds the per-case rows then
+the summary rows (case = "mean"; the row with label "mean" averages the classes: its IoU is the mIoU); a PNG of box
+plots is written beside it."""
+
+TRACING_DESCRIPTION = """\
+Vaa3D neuron_distance scores between two SWC reconstructions (or two folders of them, paired by file name):
+every parent-child edge is sampled at N = int(1 + length + 0.5) points, each point's distance to the nearest edge
+of the other tree is taken; ESA = mean of the two directional mean distances (ESA_12: from A's points to B),
+DSA = the same over points at distance >= THRESHOLD (one direction alone if only it has such points, 0 if neither),
+PDS = mean of the two fractions of points at >= THRESHOLD. Units: SWC coordinates (voxels), or scaled by
+--spacing."""
 
 
 def register_cli(subparsers) -> None:
-    pass
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="Dice, IoU, F1, precision, recall, HD95 of a predictions folder against references (CSV + PNG)",
+        description=EVALUATE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_argument("prediction_dir", metavar="PRED_DIR", type=Path, help="folder of predicted label images")
+    evaluate.add_argument("reference_dir", metavar="GT_DIR", type=Path, help="folder of reference label images")
+    evaluate.add_argument("-o", "--output", type=Path, default=None,
+                          help="CSV to write (default: PRED_DIR/evaluation.csv); the plot goes beside it as .png")
+    evaluate.add_argument("--labels", nargs="+", metavar="LABEL", default=None,
+                          help="labels to score: 1 2, regions as 1,2 (union), optionally named: myelin=1 axon=2 "
+                               "fibre=1,2 (default: dataset.json, else every non-zero value found)")
+    spacing = evaluate.add_mutually_exclusive_group()
+    spacing.add_argument("--pixel-size", nargs="+", type=float, metavar="UM", default=None,
+                         help="pixel size in um: one value (isotropic) or one per array axis, for HD95_um")
+    spacing.add_argument("--spacing-from-files", action="store_true",
+                         help="take the spacing nnU-Net's reader reports for each reference file (NIfTI header, "
+                              "Tiff3DIO .json; PNG has none), assumed to be in um")
+    spacing.add_argument("--pixel-size-table", type=Path, metavar="CSV", default=None,
+                         help="CSV with a case column (case, case_id) and a pixel size column (pixel_size_um, "
+                              "pixel_size, 'pixel size (um)'), e.g. a conversion manifest")
+    evaluate.add_argument("--dataset-json", type=Path, default=None,
+                          help="dataset.json giving file ending, labels and ignore label (default: found as above)")
+    evaluate.add_argument("--ignore-label", type=int, default=None,
+                          help="reference value left out of all metrics (default: dataset.json's 'ignore')")
+    evaluate.add_argument("--allow-missing", action="store_true",
+                          help="evaluate only the predicted cases when some references have no prediction")
+    evaluate.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default 1)")
+    evaluate.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing CSV/PNG")
+    evaluate.set_defaults(func=_run_evaluate)
+
+    tracing = subparsers.add_parser(
+        "tracing-metrics",
+        help="ESA, DSA, PDS (Vaa3D neuron_distance) between two SWC files or two folders of SWC files",
+        description=TRACING_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tracing.add_argument("swc_a", metavar="A", type=Path, help="SWC file (e.g. the reference), or a folder of them")
+    tracing.add_argument("swc_b", metavar="B", type=Path, help="SWC file (the reconstruction), or a folder of them")
+    tracing.add_argument("-o", "--output", type=Path, default=None,
+                         help="CSV to write (required for folders; optional for two files)")
+    tracing.add_argument("--spacing", nargs="+", type=float, metavar="S", default=None,
+                         help="scale of x, y, z (one value or three), e.g. um per voxel; default: SWC units")
+    tracing.add_argument("--threshold", type=float, default=2.0,
+                         help="distance from which a point is 'different structure' (Vaa3D: 2), after scaling")
+    tracing.add_argument("--allow-missing", action="store_true",
+                         help="folder mode: skip files that have no counterpart of the same name")
+    tracing.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
+    tracing.set_defaults(func=_run_tracing_metrics)
+
+
+def parse_label_argument(text: str):
+    """``"2"`` -> (None, 2); ``"1,2"`` -> (None, (1, 2)); ``"axon=2"`` -> ("axon", 2)."""
+    name, _, values = text.rpartition("=")
+    try:
+        numbers = tuple(int(v) for v in values.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--labels: {text!r} is not LABEL, LABEL,LABEL,... or NAME=LABEL[,LABEL...]") from None
+    if not numbers:
+        raise ValueError(f"--labels: {text!r} names no label")
+    return (name or None), (numbers[0] if len(numbers) == 1 else numbers)
+
+
+def read_pixel_size_table(path: Path) -> dict:
+    """``{case: pixel size}`` from a CSV with a case column and a pixel size column (names matched loosely)."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise FileNotFoundError(f"pixel size table not found: {path}")
+    table = pd.read_csv(path)
+
+    def normalise(column: str) -> str:
+        return re.sub(r"[^0-9a-z]+", "_", column.lower()).strip("_")
+
+    columns = {normalise(c): c for c in table.columns}
+    case_column = next((columns[c] for c in ("case", "case_id", "case_identifier") if c in columns), None)
+    size_column = next((columns[c] for c in ("pixel_size_um", "pixel_size", "pixelsize") if c in columns), None)
+    if case_column is None or size_column is None:
+        raise ValueError(f"{path}: needs a case column (case, case_id) and a pixel size column (pixel_size_um, "
+                         f"pixel_size); found {list(table.columns)}")
+    sizes = pd.to_numeric(table[size_column], errors="coerce")
+    bad = table.loc[~(sizes > 0), case_column].astype(str).tolist()
+    if bad:
+        raise ValueError(f"{path}: missing or non-positive pixel size for case(s) {', '.join(bad[:5])}")
+    return dict(zip(table[case_column].astype(str), sizes.astype(float)))
+
+
+def _run_evaluate(args) -> int:
+    from nnunet_ext.evaluation import segmentation_metrics as sm
+
+    labels, names = None, {}
+    if args.labels:
+        labels = []
+        for text in args.labels:
+            name, label = parse_label_argument(text)
+            labels.append(label)
+            if name:
+                names[label] = name
+    if args.pixel_size is not None:
+        spacing = args.pixel_size[0] if len(args.pixel_size) == 1 else args.pixel_size
+    elif args.spacing_from_files:
+        spacing = sm.SPACING_FROM_FILES
+    elif args.pixel_size_table is not None:
+        spacing = read_pixel_size_table(args.pixel_size_table)
+    else:
+        spacing = None
+    if args.num_processes < 1:
+        raise ValueError("--num-processes must be at least 1")
+
+    output = args.output or args.prediction_dir / "evaluation.csv"
+    plot_path = output.with_suffix(".png")
+    # Refuse before the (possibly long) evaluation rather than after it.
+    for path in (output, *(() if args.no_plot else (plot_path,))):
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(f"{path} exists; use --overwrite to replace it")
+
+    per_case = sm.evaluate_folder(
+        args.prediction_dir, args.reference_dir, labels=labels, spacing=spacing, dataset_json=args.dataset_json,
+        ignore_label=args.ignore_label, class_names=names, allow_missing=args.allow_missing,
+        num_processes=args.num_processes,
+    )
+    summary = sm.per_class_means(per_case)
+    sm.write_csv_atomically(sm.metrics_table_for_csv(per_case, summary), output, overwrite=args.overwrite)
+    if not args.no_plot:
+        sm.plot_metrics(per_case, plot_path, overwrite=args.overwrite)
+
+    shown = summary[["class_name", "Dice", "IoU", "precision", "recall", "HD95_px", "HD95_um", "n_cases_defined"]]
+    print(f"{per_case['case'].nunique()} cases, {len(summary) - 1} classes")
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"mIoU {summary['IoU'].iloc[-1]:.4f}   mean Dice {summary['Dice'].iloc[-1]:.4f}")
+    print(f"wrote {output}" + ("" if args.no_plot else f" and {plot_path}"))
+    return 0
+
+
+def _run_tracing_metrics(args) -> int:
+    from nnunet_ext.evaluation import tracing_metrics as tm
+    from nnunet_ext.evaluation.segmentation_metrics import write_csv_atomically
+
+    spacing = None
+    if args.spacing is not None:
+        if len(args.spacing) not in (1, 3):
+            raise ValueError("--spacing takes one value or three (x y z)")
+        spacing = args.spacing[0] if len(args.spacing) == 1 else args.spacing
+    for path in (args.swc_a, args.swc_b):
+        if not path.exists():
+            raise FileNotFoundError(f"not found: {path}")
+    if args.output is not None and args.output.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; use --overwrite to replace it")
+
+    if args.swc_a.is_dir() and args.swc_b.is_dir():
+        if args.output is None:
+            raise ValueError("folder mode needs -o CSV")
+        table = tm.neuron_distance_on_folders(args.swc_a, args.swc_b, spacing=spacing, threshold=args.threshold,
+                                              allow_missing=args.allow_missing)
+        columns = ["ESA_12", "ESA_21", "ESA", "DSA", "PDS"]
+        print(table[["name", *columns]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        means = table[columns].mean()
+        print("mean  " + "  ".join(f"{c} {means[c]:.4f}" for c in columns))
+        write_csv_atomically(table, args.output, overwrite=args.overwrite)
+        print(f"wrote {args.output} ({len(table)} pairs)")
+        return 0
+    if args.swc_a.is_dir() or args.swc_b.is_dir():
+        raise ValueError("give two SWC files or two folders, not one of each")
+
+    metrics = tm.neuron_distance(args.swc_a, args.swc_b, spacing=spacing, threshold=args.threshold)
+    unit = "" if spacing is None else " (scaled units)"
+    print(f"A = {args.swc_a}\nB = {args.swc_b}")
+    print(f"entire-structure average from A to B (ESA_12) = {metrics.ESA_12:.6f}{unit}")
+    print(f"entire-structure average from B to A (ESA_21) = {metrics.ESA_21:.6f}{unit}")
+    print(f"entire-structure average (ESA)                = {metrics.ESA:.6f}{unit}")
+    print(f"different-structure average (DSA)             = {metrics.DSA:.6f}{unit}")
+    print(f"percent of different structure (PDS)          = {metrics.PDS:.6f}  "
+          f"(A: {metrics.PDS_12:.4f}, B: {metrics.PDS_21:.4f}; points >= {args.threshold:g})")
+    if args.output is not None:
+        import pandas as pd
+
+        row = {"name": args.swc_a.name, "file_1": str(args.swc_a), "file_2": str(args.swc_b), **metrics.as_dict()}
+        write_csv_atomically(pd.DataFrame([row]), args.output, overwrite=args.overwrite)
+        print(f"wrote {args.output}")
+    return 0

@@ -53,8 +53,11 @@ class SWCTree:
     @property
     def parent_index(self) -> np.ndarray:
         """Row index of each node's parent, ``-1`` for roots."""
-        index_of_id = {int(node_id): row for row, node_id in enumerate(self.ids)}
-        return np.array([index_of_id[int(p)] if p >= 0 else -1 for p in self.parent_ids], dtype=np.int64)
+        order = np.argsort(self.ids, kind="stable")
+        position = np.clip(np.searchsorted(self.ids, self.parent_ids, sorter=order), 0, len(order) - 1)
+        rows = order[position]
+        # Validation guarantees every non-negative parent id exists.
+        return np.where(self.parent_ids >= 0, rows, -1).astype(np.int64)
 
     def edges(self) -> tuple[np.ndarray, np.ndarray]:
         """Every parent-child edge as ``(child_xyz, parent_xyz)``, two ``(n_edges, 3)`` arrays in file order.
