@@ -1,0 +1,519 @@
+"""Compiled (numba) loops behind the per-axon morphometrics.
+
+Each kernel replaces a per-object Python loop or a heap-based pass of AxonDeepSeg/scikit-image by one linear pass
+over the label image, and reproduces scikit-image's definitions exactly (same pixel sets, same formulas):
+
+- ``label_stats``: pixel count, integer coordinate sums, bounding box, then exact central second moments.
+- ``label_perimeter``: ``skimage.measure.perimeter(region, 4)`` of every label at once.
+- ``label_convex_area``: pixel count of ``skimage.morphology.convex_hull_image(region)`` of every label, in exact
+  integer arithmetic.
+- ``squared_edt``: exact squared Euclidean distance to the nearest zero pixel (Meijster et al. 2000), i.e.
+  ``scipy.ndimage.distance_transform_edt(mask) ** 2`` as integers.
+- ``seeded_watershed``: ``skimage.segmentation.watershed(-edt, markers, mask=mask)`` (4-connectivity), with the
+  heap replaced by a bucket queue: pixels leave in the same (value, insertion age) order.
+
+All kernels are compiled on first use and cached on disk (``cache=True``); ``nogil=True`` lets two of them run in
+parallel threads.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+# skimage.measure.perimeter's weights for the codes of its [[10, 2, 10], [2, 1, 2], [10, 2, 10]] convolution of the
+# region's 4-connected border (codes are always odd for border pixels).
+_PERIMETER_WEIGHTS = np.zeros(50, dtype=np.float64)
+_PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1.0
+_PERIMETER_WEIGHTS[[21, 33]] = math.sqrt(2.0)
+_PERIMETER_WEIGHTS[[13, 23]] = (1.0 + math.sqrt(2.0)) / 2.0
+
+
+@njit(cache=True, nogil=True)
+def label_stats(labels, n_labels, row_offset, col_offset):
+    """Per-label pixel count, centroid, bounding box and central second moments.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        0 is background; labels 1..n_labels are measured.
+    n_labels : int
+    row_offset, col_offset : int
+        Added to coordinates (position of this array in a larger image).
+
+    Returns
+    -------
+    count : (n+1,) int64
+    bbox : (n+1, 4) int64
+        min_row, min_col, max_row + 1, max_col + 1 (global coordinates), like ``regionprops.bbox``.
+    sums : (n+1, 2) int64
+        Sum of global row and column indices (exact).
+    mu : (n+1, 3) float64
+        Central moments mu20 (rows), mu11, mu02 (columns), each rounded once from exact integers when they fit.
+    mu_exact : (n+1, 3) int64
+        ``count * mu`` exactly (for symmetry tests); 0 with ``mu_exact_ok`` False where int64 could overflow.
+    mu_exact_ok : (n+1,) bool
+    first : (n+1,) int64
+        Raveled index (in ``labels``) of each label's first pixel in raster order.
+    """
+    height, width = labels.shape
+    count = np.zeros(n_labels + 1, np.int64)
+    first = np.full(n_labels + 1, -1, np.int64)
+    bbox = np.empty((n_labels + 1, 4), np.int64)
+    bbox[:, 0] = height
+    bbox[:, 1] = width
+    bbox[:, 2] = -1
+    bbox[:, 3] = -1
+    for r in range(height):
+        for c in range(width):
+            lab = labels[r, c]
+            if lab <= 0:
+                continue
+            if count[lab] == 0:
+                first[lab] = r * width + c
+            count[lab] += 1
+            if r < bbox[lab, 0]:
+                bbox[lab, 0] = r
+            if c < bbox[lab, 1]:
+                bbox[lab, 1] = c
+            if r > bbox[lab, 2]:
+                bbox[lab, 2] = r
+            if c > bbox[lab, 3]:
+                bbox[lab, 3] = c
+    # Second pass in bounding-box-local coordinates keeps the integer sums small (exact in int64).
+    s_r = np.zeros(n_labels + 1, np.int64)
+    s_c = np.zeros(n_labels + 1, np.int64)
+    s_rr = np.zeros(n_labels + 1, np.int64)
+    s_cc = np.zeros(n_labels + 1, np.int64)
+    s_rc = np.zeros(n_labels + 1, np.int64)
+    for r in range(height):
+        for c in range(width):
+            lab = labels[r, c]
+            if lab <= 0:
+                continue
+            lr = r - bbox[lab, 0]
+            lc = c - bbox[lab, 1]
+            s_r[lab] += lr
+            s_c[lab] += lc
+            s_rr[lab] += lr * lr
+            s_cc[lab] += lc * lc
+            s_rc[lab] += lr * lc
+    sums = np.zeros((n_labels + 1, 2), np.int64)
+    mu = np.zeros((n_labels + 1, 3), np.float64)
+    mu_exact = np.zeros((n_labels + 1, 3), np.int64)
+    mu_exact_ok = np.zeros(n_labels + 1, np.bool_)
+    limit = 2.0 ** 62
+    for lab in range(1, n_labels + 1):
+        n = count[lab]
+        if n == 0:
+            continue
+        sums[lab, 0] = s_r[lab] + n * (bbox[lab, 0] + row_offset)
+        sums[lab, 1] = s_c[lab] + n * (bbox[lab, 1] + col_offset)
+        fn = float(n)
+        # count * mu = n * S_xx - S_x ** 2, exact in int64 while it cannot overflow
+        big = fn * max(float(s_rr[lab]), float(s_cc[lab]), float(abs(s_rc[lab])))
+        big = max(big, float(s_r[lab]) ** 2, float(s_c[lab]) ** 2)
+        if big < limit:
+            e20 = n * s_rr[lab] - s_r[lab] * s_r[lab]
+            e11 = n * s_rc[lab] - s_r[lab] * s_c[lab]
+            e02 = n * s_cc[lab] - s_c[lab] * s_c[lab]
+            mu_exact[lab, 0] = e20
+            mu_exact[lab, 1] = e11
+            mu_exact[lab, 2] = e02
+            mu_exact_ok[lab] = True
+            mu[lab, 0] = float(e20) / fn
+            mu[lab, 1] = float(e11) / fn
+            mu[lab, 2] = float(e02) / fn
+        else:
+            cr = s_r[lab] / fn
+            cc = s_c[lab] / fn
+            mu[lab, 0] = s_rr[lab] - cr * s_r[lab]
+            mu[lab, 1] = s_rc[lab] - cr * s_c[lab]
+            mu[lab, 2] = s_cc[lab] - cc * s_c[lab]
+        bbox[lab, 0] += row_offset
+        bbox[lab, 1] += col_offset
+        bbox[lab, 2] += row_offset + 1
+        bbox[lab, 3] += col_offset + 1
+    return count, bbox, sums, mu, mu_exact, mu_exact_ok, first
+
+
+@njit(cache=True, nogil=True)
+def label_perimeter(labels, n_labels, weights):
+    """``skimage.measure.perimeter(labels == lab, neighborhood=4)`` for every label in one pass.
+
+    A pixel is on its region's border when a 4-neighbour (or the outside of the array) has another label; the
+    perimeter sums, over border pixels, the weight of the code 1 + 2 * (border 4-neighbours of the same label) +
+    10 * (border diagonal neighbours of the same label), as scikit-image does region by region.
+    """
+    height, width = labels.shape
+    border = np.zeros((height, width), np.uint8)
+    for r in range(height):
+        for c in range(width):
+            lab = labels[r, c]
+            if lab <= 0:
+                continue
+            if (r == 0 or c == 0 or r == height - 1 or c == width - 1 or labels[r - 1, c] != lab
+                    or labels[r + 1, c] != lab or labels[r, c - 1] != lab or labels[r, c + 1] != lab):
+                border[r, c] = 1
+    perimeter = np.zeros(n_labels + 1, np.float64)
+    for r in range(height):
+        for c in range(width):
+            if border[r, c] == 0:
+                continue
+            lab = labels[r, c]
+            code = 1
+            for dr in range(-1, 2):
+                rr = r + dr
+                if rr < 0 or rr >= height:
+                    continue
+                for dc in range(-1, 2):
+                    if dr == 0 and dc == 0:
+                        continue
+                    cc = c + dc
+                    if cc < 0 or cc >= width:
+                        continue
+                    if border[rr, cc] and labels[rr, cc] == lab:
+                        code += 2 if (dr == 0 or dc == 0) else 10
+            perimeter[lab] += weights[code]
+    return perimeter
+
+
+@njit(cache=True, nogil=True)
+def deepest_pixels(labels, depth, wanted, bbox):
+    """For each label in ``wanted``: (row, col) of its pixel of largest ``depth``, first in raster order."""
+    out = np.empty((wanted.shape[0], 2), np.int64)
+    for i in range(wanted.shape[0]):
+        lab = wanted[i]
+        best = -1
+        for r in range(bbox[lab, 0], bbox[lab, 2]):
+            for c in range(bbox[lab, 1], bbox[lab, 3]):
+                if labels[r, c] == lab and depth[r, c] > best:
+                    best = depth[r, c]
+                    out[i, 0] = r
+                    out[i, 1] = c
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _ceil_div(a, b):
+    # b > 0
+    return -((-a) // b)
+
+
+@njit(cache=True, nogil=True)
+def label_convex_area(labels, n_labels, bbox, row_offset, col_offset):
+    """Pixel count of each label's convex hull image, as ``skimage.morphology.convex_hull_image``.
+
+    scikit-image takes the convex hull of the midpoints of every region pixel's four edges (pixel centre +-0.5
+    along each axis) and counts the pixel centres inside or on it. Only each row's leftmost and rightmost pixel
+    can contribute hull vertices. Coordinates are doubled so that every vertex is an integer and the count is
+    exact.
+    """
+    n = n_labels
+    heights = np.zeros(n + 1, np.int64)
+    for lab in range(1, n + 1):
+        if bbox[lab, 2] > bbox[lab, 0]:
+            heights[lab] = bbox[lab, 2] - bbox[lab, 0]
+    start = np.zeros(n + 2, np.int64)
+    for lab in range(1, n + 1):
+        start[lab + 1] = start[lab] + heights[lab]
+    total = start[n + 1]
+    row_min = np.full(total, np.iinfo(np.int64).max, np.int64)
+    row_max = np.full(total, -1, np.int64)
+    height, width = labels.shape
+    for r in range(height):
+        for c in range(width):
+            lab = labels[r, c]
+            if lab <= 0:
+                continue
+            i = start[lab] + (r + row_offset - bbox[lab, 0])
+            gc = c + col_offset
+            if gc < row_min[i]:
+                row_min[i] = gc
+            if gc > row_max[i]:
+                row_max[i] = gc
+    area = np.zeros(n + 1, np.int64)
+    max_h = 0
+    for lab in range(1, n + 1):
+        max_h = max(max_h, heights[lab])
+    # doubled coordinates: y = 2 * row (+-1), x = 2 * col (+-1)
+    left_y = np.empty(2 * max_h + 2, np.int64)
+    left_x = np.empty(2 * max_h + 2, np.int64)
+    right_y = np.empty(2 * max_h + 2, np.int64)
+    right_x = np.empty(2 * max_h + 2, np.int64)
+    lvl_min = np.empty(2 * max_h + 2, np.int64)
+    lvl_max = np.empty(2 * max_h + 2, np.int64)
+    for lab in range(1, n + 1):
+        h = heights[lab]
+        if h == 0:
+            continue
+        r0 = bbox[lab, 0]
+        # extreme x for each doubled y level 2*r0-1 .. 2*(r0+h-1)+1 (2h+1 levels)
+        n_levels = 2 * h + 1
+        for k in range(n_levels):
+            lvl_min[k] = np.iinfo(np.int64).max
+            lvl_max[k] = np.iinfo(np.int64).min
+        for j in range(h):
+            i = start[lab] + j
+            if row_max[i] < 0:
+                continue
+            lo = 2 * row_min[i]
+            hi = 2 * row_max[i]
+            k_mid = 2 * j + 1
+            for k in (k_mid - 1, k_mid + 1):  # top and bottom edge midpoints
+                if lo < lvl_min[k]:
+                    lvl_min[k] = lo
+                if hi > lvl_max[k]:
+                    lvl_max[k] = hi
+            if lo - 1 < lvl_min[k_mid]:  # left and right edge midpoints
+                lvl_min[k_mid] = lo - 1
+            if hi + 1 > lvl_max[k_mid]:
+                lvl_max[k_mid] = hi + 1
+        # left chain: lower convex envelope of x(y) over levels; right chain: upper concave envelope
+        nl = 0
+        nr = 0
+        for k in range(n_levels):
+            if lvl_max[k] < lvl_min[k]:
+                continue
+            y = 2 * r0 - 1 + k
+            x = lvl_min[k]
+            while nl >= 2:
+                # keep convex: cross((p1 - p0), (p - p0)) must turn the right way for a left chain
+                cross = (left_y[nl - 1] - left_y[nl - 2]) * (x - left_x[nl - 2]) - \
+                        (left_x[nl - 1] - left_x[nl - 2]) * (y - left_y[nl - 2])
+                if cross <= 0:
+                    nl -= 1
+                else:
+                    break
+            left_y[nl] = y
+            left_x[nl] = x
+            nl += 1
+            x = lvl_max[k]
+            while nr >= 2:
+                cross = (right_y[nr - 1] - right_y[nr - 2]) * (x - right_x[nr - 2]) - \
+                        (right_x[nr - 1] - right_x[nr - 2]) * (y - right_y[nr - 2])
+                if cross >= 0:
+                    nr -= 1
+                else:
+                    break
+            right_y[nr] = y
+            right_x[nr] = x
+            nr += 1
+        # count integer columns c with left(2r) <= 2c <= right(2r) for every row r
+        total_area = 0
+        il = 0
+        ir = 0
+        for j in range(h):
+            y = 2 * (r0 + j)
+            while il + 1 < nl and left_y[il + 1] < y:
+                il += 1
+            while ir + 1 < nr and right_y[ir + 1] < y:
+                ir += 1
+            # left boundary at y: on segment il -> il + 1 (or exactly a vertex)
+            if il + 1 < nl:
+                y0 = left_y[il]
+                x0 = left_x[il]
+                dy = left_y[il + 1] - y0
+                dx = left_x[il + 1] - x0
+                # x = x0 + dx * (y - y0) / dy ; c_min = ceil(x / 2)
+                c_min = _ceil_div(x0 * dy + dx * (y - y0), 2 * dy)
+            else:
+                c_min = _ceil_div(left_x[il], 2)
+            if ir + 1 < nr:
+                y0 = right_y[ir]
+                x0 = right_x[ir]
+                dy = right_y[ir + 1] - y0
+                dx = right_x[ir + 1] - x0
+                c_max = (x0 * dy + dx * (y - y0)) // (2 * dy)
+            else:
+                c_max = right_x[ir] // 2
+            if c_max >= c_min:
+                total_area += c_max - c_min + 1
+        area[lab] = total_area
+    return area
+
+
+@njit(cache=True, nogil=True)
+def squared_edt(mask):
+    """Exact squared Euclidean distance of every nonzero pixel to the nearest zero pixel (0 on zero pixels).
+
+    Same values as ``scipy.ndimage.distance_transform_edt(mask) ** 2`` (pixels outside the array do not count as
+    zero), as int32; a mask without any zero pixel gets a large sentinel. Meijster et al. (2000): a column pass,
+    here run row by row for memory locality, then a lower envelope of parabolas along each row.
+    """
+    height, width = mask.shape
+    big = height + width
+    g = np.empty((height, width), np.int32)
+    for c in range(width):
+        g[0, c] = big if mask[0, c] else 0
+    for r in range(1, height):
+        for c in range(width):
+            g[r, c] = g[r - 1, c] + 1 if mask[r, c] else 0
+    for r in range(height - 2, -1, -1):
+        for c in range(width):
+            if g[r + 1, c] + 1 < g[r, c]:
+                g[r, c] = g[r + 1, c] + 1
+    out = np.zeros((height, width), np.int32)
+    s = np.empty(width, np.int64)
+    t = np.empty(width, np.int64)
+    for r in range(height):
+        any_set = False
+        for c in range(width):
+            if mask[r, c]:
+                any_set = True
+                break
+        if not any_set:
+            continue
+        q = 0
+        s[0] = 0
+        t[0] = 0
+        for u in range(1, width):
+            gu = np.int64(g[r, u])
+            while q >= 0:
+                gs = np.int64(g[r, s[q]])
+                if (t[q] - s[q]) ** 2 + gs * gs > (t[q] - u) ** 2 + gu * gu:
+                    q -= 1
+                else:
+                    break
+            if q < 0:
+                q = 0
+                s[0] = u
+            else:
+                gs = np.int64(g[r, s[q]])
+                # first column where parabola u lies strictly below parabola s[q]
+                w = (u * u - s[q] * s[q] + gu * gu - gs * gs) // (2 * (u - s[q])) + 1
+                if w < width:
+                    q += 1
+                    s[q] = u
+                    t[q] = w
+        for u in range(width - 1, -1, -1):
+            if mask[r, u]:
+                gs = np.int64(g[r, s[q]])
+                d = (u - s[q]) ** 2 + gs * gs
+                out[r, u] = d if d < 2 ** 31 - 1 else 2 ** 31 - 1
+            if u == t[q]:
+                q -= 1
+    return out
+
+
+@njit(cache=True, nogil=True)
+def seeded_watershed(depth, mask, seed_index, seed_label):
+    """Flood ``mask`` from seeds in the order of ``skimage.segmentation.watershed(-sqrt(depth), markers, mask=mask)``.
+
+    Parameters
+    ----------
+    depth : (H, W) int32
+        Priority: pixels with a larger depth are flooded first (``depth`` is the squared EDT of the axon mask,
+        which orders pixels exactly as the EDT does).
+    mask : (H, W) bool
+    seed_index : (k,) int64
+        Raveled seed positions, ascending; seeds outside the mask are ignored.
+    seed_label : (k,) int32
+
+    Returns
+    -------
+    (H, W) int32 labels, 0 where no seed reaches.
+
+    Notes
+    -----
+    scikit-image (0.26) pops the queued pixel of smallest (cost, age): a neighbour is labelled when it is queued,
+    with cost max(its value, cost of the pixel it was reached from) and the next age (4-connectivity, neighbours
+    in the order up, left, right, down). Costs therefore never decrease, so one FIFO per cost level pops pixels in
+    the same order. The one freedom is the order among seeds of equal depth (all of age 0): scikit-image leaves
+    it to its binary heap's layout, which depends on the whole image; here it is raster order, which keeps the
+    result local (the same for an image and for any crop holding the touching fibres).
+    """
+    height, width = mask.shape
+    # padded copy: a ring of -1 around the image spares bounds checks; state -1 outside the mask, 0 not reached
+    # yet, > 0 label. Depth is only read before the plateau, so it stays unpadded.
+    pw = width + 2
+    state = np.empty((height + 2) * pw, np.int32)
+    state[:pw] = -1
+    state[(height + 1) * pw:] = -1
+    max_depth = 0
+    for r in range(height):
+        row = (r + 1) * pw
+        state[row] = -1
+        state[row + pw - 1] = -1
+        for c in range(width):
+            if mask[r, c]:
+                state[row + c + 1] = 0
+                if depth[r, c] > max_depth:
+                    max_depth = depth[r, c]
+            else:
+                state[row + c + 1] = -1
+    top = max_depth  # bucket of depth-0 pixels (myelin): the last level, a plain FIFO array
+    head = np.full(top, -1, np.int32)
+    tail = np.full(top, -1, np.int32)
+    nxt = np.empty(state.shape[0], np.int32)
+    plateau = np.empty(state.shape[0], np.int32)
+    plateau_end = 0
+    seeds = np.empty(seed_index.shape[0], np.int64)
+    for i in range(seed_index.shape[0]):
+        r = seed_index[i] // width
+        seeds[i] = (r + 1) * pw + seed_index[i] - r * width + 1
+        if state[seeds[i]] >= 0:
+            state[seeds[i]] = seed_label[i]
+    current = top
+    for i in range(seed_index.shape[0]):
+        idx = seeds[i]
+        if state[idx] != seed_label[i]:
+            continue  # outside the mask, or a later seed took the same pixel
+        b = max_depth - depth[seed_index[i] // width, seed_index[i] % width]
+        if b == top:
+            plateau[plateau_end] = idx
+            plateau_end += 1
+        else:
+            nxt[idx] = -1
+            if tail[b] == -1:
+                head[b] = idx
+            else:
+                nxt[tail[b]] = idx
+            tail[b] = idx
+            if b < current:
+                current = b
+    offsets = np.array([-pw, -1, 1, pw], np.int64)  # up, left, right, down: skimage's neighbour order
+    plateau_start = 0
+    while True:
+        while current < top and head[current] == -1:
+            current += 1
+        if current < top:
+            idx = head[current]
+            head[current] = nxt[idx]
+            if head[current] == -1:
+                tail[current] = -1
+        elif plateau_start < plateau_end:
+            idx = plateau[plateau_start]
+            plateau_start += 1
+        else:
+            break
+        lab = state[idx]
+        for k in range(4):
+            q = idx + offsets[k]
+            if state[q] != 0:
+                continue
+            state[q] = lab
+            b = top
+            if current < top:
+                # cost of reaching q is at least the cost of the pixel it is reached from
+                rq = q // pw - 1
+                b = max(max_depth - depth[rq, q - (rq + 1) * pw - 1], current)
+            if b == top:
+                plateau[plateau_end] = q
+                plateau_end += 1
+            else:
+                nxt[q] = -1
+                if tail[b] == -1:
+                    head[b] = q
+                else:
+                    nxt[tail[b]] = q
+                tail[b] = q
+    out = np.empty((height, width), np.int32)
+    for r in range(height):
+        row = (r + 1) * pw + 1
+        for c in range(width):
+            v = state[row + c]
+            out[r, c] = v if v > 0 else 0
+    return out
+

@@ -1,0 +1,366 @@
+"""Morphometrics of many images: find the inputs (a file, a folder of nnU-Net predictions, ADS-style mask pairs,
+or a BIDS dataset), measure them, and write per-image, combined and aggregate CSVs, QC overlays and maps."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from nnunet_ext.morphometrics.aggregate import AGGREGATE_KEYS, aggregate_morphometrics
+from nnunet_ext.morphometrics.axon import (
+    as_binary_mask,
+    axon_morphometrics,
+    check_pixel_size,
+    masks_from_label_image,
+    prepare_masks,
+)
+from nnunet_ext.morphometrics.io import (
+    LABEL_EXTENSIONS,
+    find_pixel_size,
+    read_image_2d,
+    read_label_image,
+    strip_extension,
+)
+
+# ADS-style mask names: <stem>_seg-axon[-suffix].ext and <stem>_seg-myelin[-suffix].ext
+_AXON_MASK = re.compile(r"^(?P<stem>.+)_seg-axon(?P<suffix>(-[^_.]+)?)$")
+IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+COMBINED_CSV = "axon_morphometrics.csv"
+AGGREGATE_CSV = "aggregate_morphometrics.csv"
+
+
+@dataclass
+class MorphometricsInput:
+    """One image to measure: either a label image or an axon/myelin mask pair, and what belongs to it."""
+
+    name: str
+    label_path: Path | None = None
+    axon_path: Path | None = None
+    myelin_path: Path | None = None
+    image_path: Path | None = None  # microscopy image for the QC overlay
+    pixel_size_um: float | None = None
+    pixel_size_source: str = ""
+
+    @property
+    def source(self) -> Path:
+        return self.label_path if self.label_path is not None else self.axon_path
+
+
+def _is_image_file(path: Path, extensions=LABEL_EXTENSIONS) -> bool:
+    return path.is_file() and path.name.lower().endswith(extensions) and not path.name.startswith(".")
+
+
+def _mask_pair(axon_path: Path) -> MorphometricsInput | None:
+    match = _AXON_MASK.match(strip_extension(axon_path.name))
+    if match is None:
+        return None
+    stem, suffix = match["stem"], match["suffix"]
+    ext = axon_path.name[len(strip_extension(axon_path.name)):]
+    myelin_path = axon_path.with_name(f"{stem}_seg-myelin{suffix}{ext}")
+    if not myelin_path.is_file():
+        raise FileNotFoundError(f"{axon_path}: no myelin mask {myelin_path.name} beside it")
+    image_path = next((p for p in (axon_path.with_name(stem + e) for e in IMAGE_EXTENSIONS) if p.is_file()), None)
+    return MorphometricsInput(stem, axon_path=axon_path, myelin_path=myelin_path, image_path=image_path)
+
+
+def _is_bids(folder: Path) -> bool:
+    return (folder / "dataset_description.json").is_file() and any(folder.glob("sub-*"))
+
+
+def discover_inputs(path: str | os.PathLike, pixel_size_um: float | None = None, label_suffix: str = "manual",
+                    image_dir: str | os.PathLike | None = None) -> list[MorphometricsInput]:
+    """The images to measure under ``path``, each with its pixel size.
+
+    ``path`` may be a label image (nnU-Net prediction, 0/1/2, or ADS 0/127/255), an ADS axon mask
+    ``<stem>_seg-axon*.png`` (its ``_seg-myelin`` partner is taken along), a folder of either, or a BIDS
+    microscopy dataset (labels ``derivatives/labels/.../<stem>_seg-{axon,myelin}-<label_suffix>.png``, pixel sizes
+    from the JSON sidecars). ``pixel_size_um`` overrides every other source. ``image_dir`` is searched for the
+    microscopy image of a prediction (``<name>_0000.*`` as in nnU-Net's imagesTs, or ``<name>.*``) for the QC
+    overlay.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.is_dir() and _is_bids(path):
+        return _discover_bids(path, pixel_size_um, label_suffix)
+    if path.is_file():
+        if re.search(r"_seg-myelin", path.name):
+            raise ValueError(f"{path}: a myelin mask; give the axon mask (its myelin partner is found) or a label "
+                             f"image")
+        items = [_mask_pair(path) or MorphometricsInput(strip_extension(path.name), label_path=path)]
+    else:
+        files = sorted(p for p in path.iterdir() if _is_image_file(p))
+        pairs = [item for item in (_mask_pair(p) for p in files) if item is not None]
+        if pairs:  # ADS-style folder: the mask pairs, not the microscopy images or axonmyelin masks beside them
+            items = pairs
+        else:
+            items = [MorphometricsInput(strip_extension(p.name), label_path=p) for p in files]
+        if not items:
+            raise FileNotFoundError(f"{path}: no label images ({', '.join(LABEL_EXTENSIONS)}) or "
+                                    f"*_seg-axon masks found")
+    for item in items:
+        if image_dir is not None and item.image_path is None:
+            candidates = [Path(image_dir) / f"{item.name}{suffix}{ext}" for suffix in ("_0000", "")
+                          for ext in IMAGE_EXTENSIONS]
+            item.image_path = next((p for p in candidates if p.is_file()), None)
+        item.pixel_size_um, item.pixel_size_source = find_pixel_size(item.source, pixel_size_um)
+    return items
+
+
+def _discover_bids(root: Path, pixel_size_um: float | None, label_suffix: str) -> list[MorphometricsInput]:
+    from nnunet_ext.dataset_conversion.bids_microscopy import find_bids_images
+
+    items = []
+    for image in find_bids_images(root, label_suffix=label_suffix):
+        if not image.has_label:
+            continue
+        item = MorphometricsInput(image.stem, image_path=image.path)
+        if {"axon", "myelin"} <= set(image.label_files):  # what ADS measures
+            item.axon_path, item.myelin_path = image.label_files["axon"], image.label_files["myelin"]
+        else:
+            item.label_path = image.label_files["axonmyelin"]
+        if pixel_size_um is not None:
+            item.pixel_size_um, item.pixel_size_source = check_pixel_size(pixel_size_um), "option"
+        elif image.pixel_size_um is not None:
+            item.pixel_size_um, item.pixel_size_source = image.pixel_size_um, "BIDS sidecar"
+        else:
+            raise ValueError(f"{image.path}: no BIDS sidecar gives its PixelSize; give --pixel-size")
+        items.append(item)
+    if not items:
+        raise FileNotFoundError(f"{root}: no image with '{label_suffix}' labels under derivatives/labels")
+    return items
+
+
+def read_mask_file(path: Path) -> np.ndarray:
+    """A binary mask file as bool: nonzero is foreground, as AxonDeepSeg reads masks.
+
+    Anti-aliased masks (values between 0 and the maximum, as in some of ADS's own manual masks) are accepted with
+    a warning saying how many pixels are neither 0 nor the maximum.
+    """
+    array = read_image_2d(path)
+    if array.dtype != np.bool_ and not np.issubdtype(array.dtype, np.integer):
+        return as_binary_mask(array, str(path))  # float masks: strictly binary or an error
+    high = array.max(initial=0)
+    off_nominal = int(np.count_nonzero((array != 0) & (array != high)))
+    if off_nominal:
+        warnings.warn(f"{path}: {off_nominal} pixel(s) neither 0 nor {high}; counted as foreground (nonzero), as "
+                      f"AxonDeepSeg does")
+    return array != 0
+
+
+def load_masks(item: MorphometricsInput, myelin_label: int = 1, axon_label: int = 2
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Axon and myelin masks of one input, with errors naming its files."""
+    if item.label_path is not None:
+        label = read_label_image(item.label_path)
+        values = set(np.unique(label).tolist()) - {0, myelin_label, axon_label}
+        if values:
+            raise ValueError(f"{item.label_path}: unexpected label values {sorted(values)[:8]} (expected 0, "
+                             f"{myelin_label} myelin, {axon_label} axon)")
+        return masks_from_label_image(label, myelin_label, axon_label)
+    axon, myelin = read_mask_file(item.axon_path), read_mask_file(item.myelin_path)
+    if axon.shape != myelin.shape:
+        raise ValueError(f"{item.axon_path} {axon.shape} and {item.myelin_path} {myelin.shape}: shapes differ")
+    return axon, myelin
+
+
+def apply_filters(per_axon: pd.DataFrame, min_axon_area_um2: float | None = None, drop_border: bool = False,
+                  drop_invalid: bool = False) -> pd.DataFrame:
+    """Rows kept by the requested filters (none by default)."""
+    keep = np.ones(len(per_axon), bool)
+    if min_axon_area_um2 is not None:
+        keep &= per_axon["axon_area (um^2)"].to_numpy(float) >= min_axon_area_um2
+    if drop_border:
+        keep &= ~per_axon["image_border_touching"].to_numpy(bool)
+    if drop_invalid:
+        keep &= per_axon["gratio_valid"].to_numpy(bool)
+    return per_axon[keep]
+
+
+def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLike, axon_shape: str = "circle",
+                      myelin_label: int = 1, axon_label: int = 2, roi: str | os.PathLike | None = None,
+                      min_axon_area_um2: float | None = None, drop_border: bool = False,
+                      drop_invalid: bool = False, maps: bool = False, tile_size_px: int | None = None,
+                      tile_size_um: float | None = None, qc: bool = True, overwrite: bool = False) -> dict:
+    """Measure every input and write the results into ``out_dir``; returns a summary dict.
+
+    Files: ``<name>_axon_morphometrics.csv`` per image, ``axon_morphometrics.csv`` (all images),
+    ``aggregate_morphometrics.csv`` (one row per image), ``<name>_qc.png``, and with ``maps``
+    ``<name>_tiles.csv`` and ``<name>_map-<metric>.png``. Everything is written to a temporary folder first and
+    moved into ``out_dir`` only when all images succeeded; existing files are replaced only with ``overwrite``.
+    """
+    out_dir = Path(out_dir)
+    names = [item.name for item in inputs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"several inputs are named {duplicates}: outputs would collide")
+    planned = [COMBINED_CSV, AGGREGATE_CSV] + [f"{n}_axon_morphometrics.csv" for n in names]
+    existing = [name for name in planned if (out_dir / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir}: {', '.join(existing[:3])}{' ...' if len(existing) > 3 else ''} already "
+                              f"exist; use --overwrite to replace them")
+    roi_paths = _roi_paths(roi, inputs)
+    filters = {"min_axon_area_um2": min_axon_area_um2, "drop_border": drop_border, "drop_invalid": drop_invalid}
+    filter_text = ", ".join(f"{k}={v}" for k, v in filters.items() if v not in (None, False)) or "none"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        tables, aggregates = [], []
+        for item in tqdm(inputs, desc="morphometrics", unit="image", disable=len(inputs) < 2):
+            axon, myelin = load_masks(item, myelin_label, axon_label)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # overlaps are reported once below
+                per_axon = axon_morphometrics(axon, myelin, item.pixel_size_um, axon_shape, image_name=item.name)
+            axon, myelin = prepare_masks(axon, myelin)
+            kept = apply_filters(per_axon, **filters)
+            roi_mask = None
+            if roi_paths.get(item.name) is not None:
+                roi_mask = read_mask_file(roi_paths[item.name])
+                if roi_mask.shape != axon.shape:
+                    raise ValueError(f"{roi_paths[item.name]}: ROI {roi_mask.shape} and {item.source} "
+                                     f"{axon.shape} have different shapes")
+            aggregate = aggregate_morphometrics(axon, myelin, item.pixel_size_um, per_axon=kept, roi_mask=roi_mask)
+            aggregate.update(image=item.name, pixel_size_um=item.pixel_size_um,
+                             pixel_size_source=item.pixel_size_source, axon_shape=axon_shape,
+                             roi=str(roi_paths.get(item.name) or ""), filters=filter_text,
+                             axons_filtered_out=len(per_axon) - len(kept), source=str(item.source))
+            aggregates.append(aggregate)
+            kept.to_csv(tmp / f"{item.name}_axon_morphometrics.csv", index=False, na_rep="NaN")
+            tables.append(kept)
+            if maps:
+                from nnunet_ext.morphometrics.maps import save_map_pngs, tile_morphometrics
+
+                tiles = tile_morphometrics(axon, myelin, item.pixel_size_um, tile_size_px, tile_size_um,
+                                           per_axon=kept, roi_mask=roi_mask)
+                tiles.to_csv(tmp / f"{item.name}_tiles.csv", index=False, na_rep="NaN")
+                save_map_pngs(tiles, tmp / item.name, item.pixel_size_um, title=item.name)
+            if qc:
+                from nnunet_ext.morphometrics.qc import save_qc_overlay
+
+                image = read_image_2d(item.image_path) if item.image_path is not None else None
+                save_qc_overlay(tmp / f"{item.name}_qc.png", axon, myelin, per_axon, item.pixel_size_um, image)
+        combined = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        combined.to_csv(tmp / COMBINED_CSV, index=False, na_rep="NaN")
+        columns = ["image", "source", "pixel_size_um", "pixel_size_source", "axon_shape", "roi", "filters",
+                   "axons_filtered_out"] + [k for k in AGGREGATE_KEYS if k != "image"]
+        pd.DataFrame(aggregates, columns=columns).to_csv(tmp / AGGREGATE_CSV, index=False, na_rep="NaN")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for produced in sorted(tmp.iterdir()):
+            os.replace(produced, out_dir / produced.name)
+            written.append(out_dir / produced.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"images": len(inputs), "axons": int(sum(len(t) for t in tables)), "files": written,
+            "aggregates": aggregates}
+
+
+def _roi_paths(roi, inputs) -> dict:
+    """ROI mask per input name: one file for a single input, or a folder with ``<name>.*`` per input."""
+    if roi is None:
+        return {}
+    roi = Path(roi)
+    if roi.is_file():
+        if len(inputs) != 1:
+            raise ValueError(f"{roi}: one ROI file for {len(inputs)} images; give a folder of <name>.png ROIs")
+        return {inputs[0].name: roi}
+    if not roi.is_dir():
+        raise FileNotFoundError(f"{roi}: ROI file or folder not found")
+    paths = {}
+    for item in inputs:
+        found = [p for p in roi.iterdir() if _is_image_file(p) and strip_extension(p.name) in
+                 (item.name, f"{item.name}_roi")]
+        if not found:
+            raise FileNotFoundError(f"{roi}: no ROI mask named {item.name}.* or {item.name}_roi.*")
+        paths[item.name] = found[0]
+    return paths
+
+
+def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_um: float | None,
+              chunk_size: int = 2048, halo: int = 256, axon_shape: str = "circle", myelin_label: int = 1,
+              axon_label: int = 2, maps: bool = False, tile_size_px: int | None = None,
+              tile_size_um: float | None = None, scheduler: str | None = None, workers: int | None = None,
+              min_axon_area_um2: float | None = None, drop_border: bool = False, drop_invalid: bool = False,
+              qc: bool = True, overwrite: bool = False) -> dict:
+    """Whole-slide version of :func:`run_morphometrics` for one Zarr / OME-Zarr / TIFF label image."""
+    from nnunet_ext.morphometrics.aggregate import aggregate_from_counts
+    from nnunet_ext.morphometrics.maps import save_map_pngs, tile_size_in_pixels, tiles_from_counts
+    from nnunet_ext.morphometrics.slide import slide_morphometrics
+
+    source = Path(source)
+    name = strip_extension(source.name)
+    pixel_size, pixel_source = find_pixel_size(source, pixel_size_um)
+    out_dir = Path(out_dir)
+    planned = [COMBINED_CSV, AGGREGATE_CSV, f"{name}_axon_morphometrics.csv"]
+    existing = [p for p in planned if (out_dir / p).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir}: {', '.join(existing)} already exist; use --overwrite to replace them")
+    tile = tile_size_in_pixels(pixel_size, tile_size_px, tile_size_um) if maps else None
+    result = slide_morphometrics(source, pixel_size, chunk_size, halo, axon_shape, myelin_label, axon_label,
+                                 tile_size_px=tile, scheduler=scheduler, num_workers=workers, image_name=name)
+    filters = {"min_axon_area_um2": min_axon_area_um2, "drop_border": drop_border, "drop_invalid": drop_invalid}
+    kept = apply_filters(result.per_axon, **filters)
+    aggregate = dict(result.aggregate)
+    if len(kept) != len(result.per_axon):  # pixel fractions stay; per-axon figures follow the filters
+        counts = aggregate_from_counts(kept, 1, 0, 0, pixel_size)
+        for key in ("axon_count", "mean_axon_diam (um)", "std_axon_diam (um)", "mean_myelin_thickness (um)",
+                    "std_myelin_thickness (um)", "mean_gratio", "std_gratio", "invalid_gratio_count",
+                    "invalid_gratio_fraction", "border_touching_count"):
+            aggregate[key] = counts[key]
+        aggregate["axon_density (per mm^2)"] = len(kept) / aggregate["area (mm^2)"]
+    filter_text = ", ".join(f"{k}={v}" for k, v in filters.items() if v not in (None, False)) or "none"
+    aggregate.update(image=name, source=str(source), pixel_size_um=pixel_size, pixel_size_source=pixel_source,
+                     axon_shape=axon_shape, roi="", filters=filter_text,
+                     axons_filtered_out=len(result.per_axon) - len(kept), halo_exceeded=result.halo_exceeded)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        kept.to_csv(tmp / f"{name}_axon_morphometrics.csv", index=False, na_rep="NaN")
+        kept.to_csv(tmp / COMBINED_CSV, index=False, na_rep="NaN")
+        columns = ["image", "source", "pixel_size_um", "pixel_size_source", "axon_shape", "roi", "filters",
+                   "axons_filtered_out", "halo_exceeded"] + [k for k in AGGREGATE_KEYS if k != "image"]
+        pd.DataFrame([aggregate], columns=columns).to_csv(tmp / AGGREGATE_CSV, index=False, na_rep="NaN")
+        if maps:
+            tiles = result.tiles
+            if len(kept) != len(result.per_axon):
+                shape = (int(tiles["y_max (px)"].max()), int(tiles["x_max (px)"].max()))
+                area, axon_counts, myelin_counts = _tile_count_grids(tiles)
+                tiles = tiles_from_counts(kept, area, axon_counts, myelin_counts, tile, shape, pixel_size)
+            tiles.to_csv(tmp / f"{name}_tiles.csv", index=False, na_rep="NaN")
+            save_map_pngs(tiles, tmp / name, pixel_size, title=name)
+        if qc:
+            from nnunet_ext.morphometrics.qc import save_qc_overlay
+
+            step = result.overview_step
+            overview_axons = kept.assign(**{"x0 (px)": kept["x0 (px)"] / step, "y0 (px)": kept["y0 (px)"] / step})
+            save_qc_overlay(tmp / f"{name}_qc.png", result.overview == axon_label, result.overview == myelin_label,
+                            overview_axons, pixel_size * step)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for produced in sorted(tmp.iterdir()):
+            os.replace(produced, out_dir / produced.name)
+            written.append(out_dir / produced.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if result.halo_exceeded:
+        warnings.warn(f"{source}: {result.halo_exceeded} fibre(s) reach a chunk halo (noted in the CSV); rerun "
+                      f"with a larger --halo for exact values")
+    return {"images": 1, "axons": len(kept), "files": written, "aggregates": [aggregate]}
+
+
+def _tile_count_grids(tiles: pd.DataFrame):
+    """Per-tile area, axon and myelin pixel counts back from a tile table (to re-aggregate filtered axons)."""
+    n_rows, n_cols = int(tiles["tile_row"].max()) + 1, int(tiles["tile_col"].max()) + 1
+    pixels = ((tiles["y_max (px)"] - tiles["y_min (px)"]) * (tiles["x_max (px)"] - tiles["x_min (px)"])).to_numpy()
+    area = pixels.reshape(n_rows, n_cols)
+    axon = np.rint(tiles["avf"].fillna(0).to_numpy() * pixels).astype(np.int64).reshape(n_rows, n_cols)
+    myelin = np.rint(tiles["mvf"].fillna(0).to_numpy() * pixels).astype(np.int64).reshape(n_rows, n_cols)
+    return area, axon, myelin

@@ -1,0 +1,237 @@
+"""Whole-slide morphometrics: label images larger than memory, measured chunk by chunk through Dask.
+
+Each chunk is read with a halo of ``halo`` pixels on every side and measured in memory exactly as
+:func:`~nnunet_ext.morphometrics.axon_morphometrics` would measure the whole image. Ownership rule: an axon
+belongs to the chunk whose core holds its centroid pixel, so every axon is reported once. Its values equal the
+in-memory ones when its fibre, grown by a guard band as wide as the fibre itself (the reach of the neighbours that
+compete with it for myelin), stays inside the chunk's window; otherwise the row is kept, noted
+(``NOTE_HALO``) and counted, never silently cut. Pixel counts (AVF, MVF, maps) are taken over chunk cores, which
+tile the slide.
+
+Sources: a NumPy array, a Zarr array or OME-Zarr group (level 0), or a (tiled, Big)TIFF read through
+``tifffile``'s Zarr store; tasks open the source themselves, so they also run on a ``dask.distributed`` cluster.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nnunet_ext.morphometrics.aggregate import AGGREGATE_KEYS, aggregate_from_counts
+from nnunet_ext.morphometrics.axon import COLUMNS, check_pixel_size, masks_from_label_image, measure_axons
+
+NOTE_HALO = "fibre reaches the chunk halo: values may differ from a whole-image run; use a larger halo"
+
+
+def open_label_source(source):
+    """A 2D array-like (``shape``, ``dtype``, slicing) over a label image: NumPy, Zarr/OME-Zarr or TIFF path."""
+    if isinstance(source, np.ndarray):
+        return source
+    if not isinstance(source, (str, os.PathLike)):
+        if hasattr(source, "shape") and hasattr(source, "__getitem__"):
+            return source  # a zarr or dask array
+        raise ValueError(f"unsupported label source {type(source).__name__}")
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: label image not found")
+    import zarr
+
+    if path.name.lower().endswith((".tif", ".tiff")):
+        import tifffile
+
+        node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    else:
+        node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Group):  # OME-Zarr multiscales or a TIFF pyramid: the full-resolution level
+        attrs = dict(node.attrs)
+        multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+        key = multiscales[0]["datasets"][0]["path"] if multiscales else sorted(node.array_keys())[0]
+        node = node[key]
+    return _Squeezed2D(node, path)
+
+
+class _Squeezed2D:
+    """View of an array with singleton leading axes (OME-Zarr t, c, z) as 2D."""
+
+    def __init__(self, array, path):
+        self.array = array
+        lead = array.shape[:-2]
+        if any(size != 1 for size in lead):
+            raise ValueError(f"{path}: expected a 2D label image, got shape {array.shape}")
+        self.lead = (0,) * len(lead)
+        self.shape = tuple(array.shape[-2:])
+        self.dtype = array.dtype
+
+    def __getitem__(self, key):
+        return np.asarray(self.array[self.lead + tuple(key)])
+
+
+@dataclass
+class SlideResult:
+    """What :func:`slide_morphometrics` returns."""
+
+    per_axon: pd.DataFrame
+    aggregate: dict
+    tiles: pd.DataFrame | None
+    overview: np.ndarray  # subsampled label image (every ``overview_step``-th pixel), for a QC overlay
+    overview_step: int
+    halo_exceeded: int
+    chunks: int
+
+
+def _chunk_grid(shape, chunk):
+    return [(y, x, min(y + chunk, shape[0]), min(x + chunk, shape[1]))
+            for y in range(0, shape[0], chunk) for x in range(0, shape[1], chunk)]
+
+
+def measure_chunk(source, core, halo, pixel_size, axon_shape, myelin_label, axon_label, tile, step):
+    """Measure one chunk core with its halo; returns the owned rows and the core's pixel counts."""
+    array = open_label_source(source)
+    height, width = array.shape
+    y0, x0, y1, x1 = core
+    ry0, rx0, ry1, rx1 = max(0, y0 - halo), max(0, x0 - halo), min(height, y1 + halo), min(width, x1 + halo)
+    label = np.asarray(array[ry0:ry1, rx0:rx1])
+    axon, myelin = masks_from_label_image(label, myelin_label, axon_label)
+    table, first = measure_axons(axon, myelin, pixel_size, axon_shape, threads=1)
+    rows = np.floor(table["y0 (px)"].to_numpy()).astype(np.int64) + ry0
+    cols = np.floor(table["x0 (px)"].to_numpy()).astype(np.int64) + rx0
+    owned = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+    table = table[owned].copy()
+    first = first[owned]
+    # guard band: the fibre box grown by its own size must stay inside the window, except at the slide's edges
+    fy0, fx0 = table["bbox_min_y"].to_numpy(), table["bbox_min_x"].to_numpy()
+    fy1, fx1 = table["bbox_max_y"].to_numpy(), table["bbox_max_x"].to_numpy()
+    guard = np.maximum(fy1 - fy0, fx1 - fx0)
+    window_h, window_w = ry1 - ry0, rx1 - rx0
+    exceeded = (((fy0 - guard < 0) & (ry0 > 0)) | ((fx0 - guard < 0) & (rx0 > 0))
+                | ((fy1 + guard > window_h) & (ry1 < height)) | ((fx1 + guard > window_w) & (rx1 < width)))
+    local_rows, local_cols = np.divmod(first, window_w)
+    table["_first"] = (local_rows + ry0) * width + (local_cols + rx0)
+    table["x0 (px)"] += rx0
+    table["y0 (px)"] += ry0
+    for column, offset in (("bbox_min_y", ry0), ("bbox_max_y", ry0), ("bbox_min_x", rx0), ("bbox_max_x", rx0)):
+        table[column] += offset
+    table["image_border_touching"] = ((table["bbox_min_y"] == 0) | (table["bbox_min_x"] == 0)
+                                      | (table["bbox_max_y"] == height) | (table["bbox_max_x"] == width))
+    notes = table["note"].to_numpy(dtype=object)
+    notes[exceeded] = [f"{n}; {NOTE_HALO}" if n else NOTE_HALO for n in notes[exceeded]]
+    table["note"] = notes
+    core_axon = axon[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
+    core_myelin = myelin[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
+    counts = {"axon": int(core_axon.sum()), "myelin": int(core_myelin.sum()), "area": core_axon.size,
+              "halo_exceeded": int(exceeded.sum())}
+    tiles = None
+    if tile:
+        from nnunet_ext.morphometrics.maps import tile_pixel_counts
+
+        tiles = (tile_pixel_counts(core_axon, tile), tile_pixel_counts(core_myelin, tile),
+                 tile_pixel_counts(np.ones(core_axon.shape, bool), tile))
+    # overview: every step-th pixel of the slide, aligned on the global grid
+    oy, ox = (-y0) % step, (-x0) % step
+    overview = label[y0 - ry0 + oy:y1 - ry0:step, x0 - rx0 + ox:x1 - rx0:step].astype(np.uint8)
+    return table, counts, tiles, overview
+
+
+def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int = 256,
+                        axon_shape: str = "circle", myelin_label: int = 1, axon_label: int = 2,
+                        tile_size_px: int | None = None, scheduler: str | None = None,
+                        num_workers: int | None = None, image_name: str | None = None,
+                        overview_side: int = 2000, progress: bool = True) -> SlideResult:
+    """Per-axon and aggregate morphometrics of a label image too large for memory.
+
+    Parameters
+    ----------
+    source : array, or path to a Zarr / OME-Zarr / TIFF label image
+        0 background, ``myelin_label``, ``axon_label``.
+    pixel_size_um : float
+    chunk_size, halo : int
+        Core size of a chunk and the margin read around it, in pixels. Memory per worker is about
+        40 bytes x (chunk_size + 2 halo)^2.
+    axon_shape : {"circle", "ellipse"}
+    tile_size_px : int, optional
+        Also compute a tile map; ``chunk_size`` is rounded up to a multiple of it.
+    scheduler : str, optional
+        Address of a ``dask.distributed`` scheduler (``tcp://host:8786``); Dask's threads otherwise.
+    num_workers : int, optional
+        Threads of the local scheduler (default: all cores).
+    image_name : str, optional
+
+    Returns
+    -------
+    SlideResult
+        ``per_axon`` (same columns as :func:`axon_morphometrics`, ``axon_id`` in raster order of the axons' first
+        pixels, as in memory), ``aggregate`` (as :func:`aggregate_morphometrics`), ``tiles``, a subsampled
+        ``overview`` and the number of rows whose fibre reached a chunk halo.
+    """
+    import dask
+
+    pixel_size = check_pixel_size(pixel_size_um)
+    if int(chunk_size) != chunk_size or chunk_size < 16:
+        raise ValueError(f"chunk size must be a whole number of pixels >= 16, got {chunk_size!r}")
+    if int(halo) != halo or halo < 0:
+        raise ValueError(f"halo must be a whole number of pixels >= 0, got {halo!r}")
+    if tile_size_px:
+        chunk_size = int(math.ceil(chunk_size / tile_size_px) * tile_size_px)
+    array = open_label_source(source)
+    if len(array.shape) != 2:
+        raise ValueError(f"label image must be 2D, got shape {array.shape}")
+    height, width = array.shape
+    step = max(1, int(math.ceil(max(height, width) / overview_side)))
+    grid = _chunk_grid((height, width), int(chunk_size))
+    task_source = source if not isinstance(source, np.ndarray) else array
+    tasks = [dask.delayed(measure_chunk)(task_source, core, int(halo), pixel_size, axon_shape, myelin_label,
+                                         axon_label, tile_size_px, step) for core in grid]
+    if scheduler:
+        from dask.distributed import Client
+
+        with Client(scheduler) as client:
+            futures = client.compute(tasks)
+            results = client.gather(futures)
+    else:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(minimum=2) if progress else _nothing():
+            results = dask.compute(*tasks, scheduler="threads", num_workers=num_workers)
+    tables = [r[0] for r in results]
+    per_axon = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
+    per_axon = per_axon.sort_values("_first", kind="stable").drop(columns="_first").reset_index(drop=True)
+    per_axon["axon_id"] = np.arange(1, len(per_axon) + 1, dtype=np.int64)
+    per_axon["image"] = image_name
+    per_axon["gratio_valid"] = per_axon["gratio_valid"].astype(bool)
+    per_axon["image_border_touching"] = per_axon["image_border_touching"].astype(bool)
+    axon_pixels = sum(r[1]["axon"] for r in results)
+    myelin_pixels = sum(r[1]["myelin"] for r in results)
+    aggregate = aggregate_from_counts(per_axon, height * width, axon_pixels, myelin_pixels, pixel_size)
+    aggregate["image"] = image_name
+    aggregate = {key: aggregate[key] for key in AGGREGATE_KEYS}
+    halo_exceeded = sum(r[1]["halo_exceeded"] for r in results)
+    overview = np.zeros((-(-height // step), -(-width // step)), np.uint8)
+    for (y0, x0, _, _), result in zip(grid, results):
+        block = result[3]
+        oy, ox = -(-y0 // step), -(-x0 // step)
+        overview[oy:oy + block.shape[0], ox:ox + block.shape[1]] = block
+    tiles = None
+    if tile_size_px:
+        from nnunet_ext.morphometrics.maps import tiles_from_counts
+
+        n_rows, n_cols = -(-height // tile_size_px), -(-width // tile_size_px)
+        counts = [np.zeros((n_rows, n_cols), np.int64) for _ in range(3)]
+        for (y0, x0, _, _), result in zip(grid, results):
+            for total, part in zip(counts, result[2]):
+                ty, tx = y0 // tile_size_px, x0 // tile_size_px
+                total[ty:ty + part.shape[0], tx:tx + part.shape[1]] = part
+        tiles = tiles_from_counts(per_axon, counts[2], counts[0], counts[1], tile_size_px, (height, width),
+                                  pixel_size)
+    return SlideResult(per_axon[COLUMNS], aggregate, tiles, overview, step, halo_exceeded, len(grid))
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

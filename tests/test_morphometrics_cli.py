@@ -1,0 +1,203 @@
+"""``nnunet-ext morphometrics``: inputs (file, prediction folder, ADS mask pairs, BIDS), outputs, maps, errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from nnunet_ext.cli import main
+from nnunet_ext.morphometrics import aggregate_morphometrics, axon_morphometrics, masks_from_label_image
+from nnunet_ext.morphometrics.maps import MAP_METRICS, tile_morphometrics, tile_size_in_pixels
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def label_image(seed: int, shape=(90, 110)) -> np.ndarray:
+    """0 background, 1 myelin, 2 axon: random round fibres, some cut by the border."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    label = np.zeros(shape, np.uint8)
+    for _ in range(25):
+        cy, cx, r, t = rng.uniform(-3, shape[0] + 3), rng.uniform(-3, shape[1] + 3), rng.uniform(2, 7), \
+            rng.uniform(1, 4)
+        rho = np.hypot(yy - cy, xx - cx)
+        if (label[rho < r + t] == 2).any():
+            continue
+        label[(rho < r + t) & (label == 0)] = 1
+        label[rho < r] = 2
+    return label
+
+
+@pytest.fixture
+def predictions(tmp_path):
+    folder = tmp_path / "predictions"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(label_image(i)).save(folder / f"case_{i:03d}.png")
+    (folder / "dataset.json").write_text("{}")  # nnU-Net writes these beside predictions: ignored
+    (folder / "pixel_size_in_micrometer.txt").write_text("0.25\n")
+    return folder
+
+
+def run(*args) -> int:
+    return main(["morphometrics", *map(str, args)])
+
+
+def test_prediction_folder(predictions, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(predictions, "-o", out) == 0
+    assert "2 image(s)" in capsys.readouterr().out
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["aggregate_morphometrics.csv", "axon_morphometrics.csv",
+                            "case_000_axon_morphometrics.csv", "case_000_qc.png",
+                            "case_001_axon_morphometrics.csv", "case_001_qc.png"])
+    combined = pd.read_csv(out / "axon_morphometrics.csv")
+    aggregate = pd.read_csv(out / "aggregate_morphometrics.csv")
+    assert list(aggregate["image"]) == ["case_000", "case_001"]
+    for i, name in enumerate(["case_000", "case_001"]):
+        axon, myelin = masks_from_label_image(label_image(i))
+        expected = axon_morphometrics(axon, myelin, 0.25, image_name=name)
+        per_image = pd.read_csv(out / f"{name}_axon_morphometrics.csv", keep_default_na=False,
+                                na_values=["NaN"])
+        assert len(per_image) == len(expected) == (combined["image"] == name).sum()
+        np.testing.assert_allclose(per_image["gratio"], expected["gratio"], rtol=1e-12)
+        row = aggregate.set_index("image").loc[name]
+        reference = aggregate_morphometrics(axon, myelin, 0.25, per_axon=expected)
+        assert row["axon_count"] == reference["axon_count"]
+        assert row["avf"] == pytest.approx(reference["avf"])
+        assert row["pixel_size_um"] == 0.25 and row["pixel_size_source"].endswith("pixel_size_in_micrometer.txt")
+        assert row["filters"] == "none" and row["axons_filtered_out"] == 0
+    assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_refuses_to_overwrite_and_leaves_nothing_half_written(predictions, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(predictions / "case_000.png", "-o", out, "--no-qc") == 0
+    before = (out / "aggregate_morphometrics.csv").read_text()
+    assert run(predictions / "case_000.png", "-o", out, "--no-qc", "--pixel-size", 0.5) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "aggregate_morphometrics.csv").read_text() == before
+    assert run(predictions / "case_000.png", "-o", out, "--no-qc", "--pixel-size", 0.5, "--overwrite") == 0
+    assert pd.read_csv(out / "aggregate_morphometrics.csv")["pixel_size_um"].tolist() == [0.5]
+    # a bad image in the folder: nothing written at all
+    Image.fromarray(np.full((20, 20), 7, np.uint8)).save(predictions / "case_bad.png")
+    fresh = tmp_path / "fresh"
+    assert run(predictions, "-o", fresh) == 1
+    err = capsys.readouterr().err
+    assert "case_bad.png" in err and "unexpected label values [7]" in err
+    assert not fresh.exists() and not list(tmp_path.glob(".fresh.tmp-*"))
+
+
+def test_pixel_size_errors(tmp_path, capsys):
+    Image.fromarray(label_image(0)).save(tmp_path / "a.png")
+    assert run(tmp_path / "a.png", "-o", tmp_path / "out") == 1
+    assert "a.png: pixel size unknown" in capsys.readouterr().err
+    (tmp_path / "pixel_size_in_micrometer.txt").write_text("-1")
+    assert run(tmp_path / "a.png", "-o", tmp_path / "out") == 1
+    assert "pixel_size_in_micrometer.txt" in capsys.readouterr().err
+    assert run(tmp_path / "a.png", "-o", tmp_path / "out", "--pixel-size", 0) == 1
+    assert "positive" in capsys.readouterr().err
+    (tmp_path / "a.json").write_text(json.dumps({"PixelSize": [0.2, 0.2], "PixelSizeUnits": "um"}))
+    assert run(tmp_path / "a.png", "-o", tmp_path / "out", "--no-qc") == 0  # sidecar wins over the text file
+    assert pd.read_csv(tmp_path / "out" / "aggregate_morphometrics.csv")["pixel_size_um"].tolist() == [0.2]
+
+
+def test_bids_dataset(tmp_path):
+    root = tmp_path / "bids"
+    (root / "sub-01" / "micr").mkdir(parents=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.7.0"}))
+    label = label_image(3)
+    Image.fromarray((label * 100).astype(np.uint8)).save(root / "sub-01" / "micr" / "sub-01_sample-a_SEM.png")
+    (root / "sub-01" / "micr" / "sub-01_sample-a_SEM.json").write_text(
+        json.dumps({"PixelSize": [80, 80], "PixelSizeUnits": "nm"}))
+    labels = root / "derivatives" / "labels" / "sub-01" / "micr"
+    labels.mkdir(parents=True)
+    Image.fromarray(np.where(label == 2, 255, 0).astype(np.uint8)).save(labels / "sub-01_sample-a_SEM_seg-axon-manual.png")
+    Image.fromarray(np.where(label == 1, 255, 0).astype(np.uint8)).save(labels / "sub-01_sample-a_SEM_seg-myelin-manual.png")
+    out = tmp_path / "out"
+    assert run(root, "-o", out) == 0
+    row = pd.read_csv(out / "aggregate_morphometrics.csv").iloc[0]
+    assert row["image"] == "sub-01_sample-a_SEM" and row["pixel_size_um"] == pytest.approx(0.08)
+    assert row["pixel_size_source"] == "BIDS sidecar"
+    axon, myelin = masks_from_label_image(label)
+    assert row["axon_count"] == len(axon_morphometrics(axon, myelin, 0.08))
+    assert (out / "sub-01_sample-a_SEM_qc.png").is_file()
+
+
+def test_filters_only_on_request(predictions, tmp_path):
+    out_all, out_filtered = tmp_path / "all", tmp_path / "filtered"
+    source = predictions / "case_000.png"
+    assert run(source, "-o", out_all, "--no-qc") == 0
+    assert run(source, "-o", out_filtered, "--no-qc", "--drop-border", "--min-axon-area", 2.0) == 0
+    every = pd.read_csv(out_all / "case_000_axon_morphometrics.csv")
+    kept = pd.read_csv(out_filtered / "case_000_axon_morphometrics.csv")
+    expected = every[~every["image_border_touching"] & (every["axon_area (um^2)"] >= 2.0)]
+    assert every["image_border_touching"].any() and 0 < len(kept) == len(expected) < len(every)
+    aggregate = pd.read_csv(out_filtered / "aggregate_morphometrics.csv").iloc[0]
+    assert aggregate["axons_filtered_out"] == len(every) - len(kept)
+    assert "drop_border=True" in aggregate["filters"] and aggregate["axon_count"] == len(kept)
+
+
+def test_maps_and_roi(predictions, tmp_path):
+    roi = np.zeros((90, 110), np.uint8)
+    roi[:, :60] = 255
+    Image.fromarray(roi).save(tmp_path / "roi.png")
+    out = tmp_path / "out"
+    assert run(predictions / "case_001.png", "-o", out, "--maps", "--tile-size", 10, "--tile-unit", "um",
+               "--roi", tmp_path / "roi.png", "--no-qc") == 0
+    tiles = pd.read_csv(out / "case_001_tiles.csv")
+    assert tile_size_in_pixels(0.25, tile_size_um=10) == 40
+    assert len(tiles) == 3 * 3 and tiles["x_max (px)"].max() == 110
+    for column in MAP_METRICS:
+        assert (out / f"case_001_map-{column.split(' ')[0]}.png").is_file()
+    aggregate = pd.read_csv(out / "aggregate_morphometrics.csv").iloc[0]
+    assert tiles["axon_count"].sum() == aggregate["axon_count"]
+    area = tiles["area (mm^2)"]
+    assert (tiles["avf"].fillna(0) * area).sum() == pytest.approx(aggregate["avf"] * aggregate["area (mm^2)"])
+    assert tiles.loc[tiles["x_min (px)"] >= 60, "avf"].isna().all()  # outside the ROI
+
+
+def test_tile_morphometrics_counts():
+    axon, myelin = masks_from_label_image(label_image(5, shape=(100, 130)))
+    per_axon = axon_morphometrics(axon, myelin, 0.1)
+    tiles = tile_morphometrics(axon, myelin, 0.1, tile_size_px=32, per_axon=per_axon)
+    assert len(tiles) == 4 * 5
+    assert tiles["axon_count"].sum() == len(per_axon)
+    pixels = (tiles["y_max (px)"] - tiles["y_min (px)"]) * (tiles["x_max (px)"] - tiles["x_min (px)"])
+    assert (tiles["avf"] * pixels).sum() == pytest.approx(axon.sum())
+    assert (tiles["mvf"] * pixels).sum() == pytest.approx(myelin.sum())
+    first = tiles.iloc[0]
+    assert first["avf"] == pytest.approx(axon[:32, :32].mean())
+    inside = (per_axon["y0 (px)"] < 32) & (per_axon["x0 (px)"] < 32)
+    assert first["axon_count"] == inside.sum()
+    with pytest.raises(ValueError, match="exactly one"):
+        tile_morphometrics(axon, myelin, 0.1)
+    with pytest.raises(ValueError, match="positive"):
+        tile_morphometrics(axon, myelin, 0.1, tile_size_um=-3)
+
+
+def test_ads_style_folder_gives_axondeepseg_aggregates(tmp_path):
+    demo = DATA / "ads_demo"
+    if not demo.is_dir():
+        pytest.skip(f"{demo} not found")
+    out = tmp_path / "out"
+    assert run(demo, "-o", out, "--no-qc") == 0
+    aggregate = pd.read_csv(out / "aggregate_morphometrics.csv").set_index("image")
+    assert set(aggregate.index) == {"image", "invalid_gratio"}  # mask pairs; image.png and axonmyelin skipped
+    row = aggregate.loc["image"]
+    assert row["avf"] == pytest.approx(0.30040, abs=5e-6) and row["mvf"] == pytest.approx(0.34386, abs=5e-6)
+    assert row["gratio_aggregate"] == pytest.approx(0.68284, abs=5e-6)
+    assert row["axon_density (per mm^2)"] == pytest.approx(36008.7, abs=0.05)
+
+
+def test_help_lists_the_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "morphometrics" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["morphometrics", "--help"])
+    assert "--pixel-size" in capsys.readouterr().out
