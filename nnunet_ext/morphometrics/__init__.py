@@ -7,24 +7,33 @@ axon_morphometrics(axon_mask, myelin_mask, pixel_size_um, axon_shape="circle", i
 aggregate_morphometrics(axon_mask, myelin_mask, pixel_size_um, per_axon=None, roi_mask=None) -> dict
 
 See ``docs/morphometrics.md`` for definitions and the deliberate differences from AxonDeepSeg.
-"""
-from nnunet_ext.morphometrics.aggregate import AGGREGATE_KEYS, aggregate_morphometrics
-from nnunet_ext.morphometrics.axon import (
-    ADS_COLUMNS,
-    ADS_DIFFERENCES,
-    COLUMNS,
-    as_binary_mask,
-    axon_morphometrics,
-    masks_from_label_image,
-)
 
-__all__ = [
-    "ADS_COLUMNS",
-    "ADS_DIFFERENCES",
-    "AGGREGATE_KEYS",
-    "COLUMNS",
-    "aggregate_morphometrics",
-    "as_binary_mask",
-    "axon_morphometrics",
-    "masks_from_label_image",
-]
+The names below are imported on first use, so that importing this package (as ``nnunet-ext --help`` does) stays
+instant: pandas, SciPy and the numba kernels load only when something is measured.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ADS_COLUMNS": "axon",
+    "ADS_DIFFERENCES": "axon",
+    "COLUMNS": "axon",
+    "as_binary_mask": "axon",
+    "axon_morphometrics": "axon",
+    "masks_from_label_image": "axon",
+    "AGGREGATE_KEYS": "aggregate",
+    "aggregate_morphometrics": "aggregate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
