@@ -81,6 +81,7 @@ def run_nnunet_command(args: Sequence[str], env: dict, log_file: str | os.PathLi
             tail.append(line)
             if log:
                 log.write(line)
+                log.flush()  # so that 'tail -f demo.log' follows the epochs
             else:
                 sys.stdout.write(line)
             if bar is not None:

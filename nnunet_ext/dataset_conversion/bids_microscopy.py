@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 from tqdm import tqdm
 
-from nnunet_ext.dataset_conversion.nnunet_raw import AXON_MYELIN_LABELS, NnUNetRawWriter
+from nnunet_ext.dataset_conversion.nnunet_raw import (AXON_MYELIN_LABELS, NnUNetRawWriter, add_destination_arguments,
+                                                      raw_root_from_args)
 
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff")
 UNIT_TO_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "micrometer": 1.0, "nm": 1e-3, "mm": 1e3}
@@ -50,6 +50,13 @@ class BidsMicroscopyImage:
     @property
     def has_label(self) -> bool:
         return "axonmyelin" in self.label_files or {"axon", "myelin"} <= set(self.label_files)
+
+    @property
+    def used_label_files(self) -> list[Path]:
+        """The mask file(s) the label is read from: the axonmyelin mask if present, else the axon and myelin masks."""
+        if "axonmyelin" in self.label_files:
+            return [self.label_files["axonmyelin"]]
+        return [self.label_files[k] for k in ("axon", "myelin") if k in self.label_files]
 
 
 def _strip_extension(name: str) -> str:
@@ -139,6 +146,11 @@ def find_bids_images(bids_root: str | os.PathLike, label_suffix: str = "manual")
             label = label_dir / f"{image.stem}_seg-{kind}-{label_suffix}.png"
             if label.is_file():
                 image.label_files[kind] = label
+        if image.label_files and not image.has_label:
+            only = next(iter(image.label_files.values()))
+            other = "myelin" if "axon" in image.label_files else "axon"
+            raise ValueError(f"{only}: found without its _seg-{other}-{label_suffix}.png (or an _seg-axonmyelin-"
+                             f"{label_suffix}.png); a label needs both axon and myelin masks")
         images.append(image)
     if not images:
         raise FileNotFoundError(f"{root}: no microscopy images found under sub-*/micr/ "
@@ -161,20 +173,24 @@ def read_grey_image(path: str | os.PathLike) -> np.ndarray:
         from PIL import Image
 
         with Image.open(path) as im:
+            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):  # palette or colour model: to RGB(A) first
+                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+            elif im.mode == "1":
+                im = im.convert("L")
             array = np.array(im)
     return to_single_channel(array, path)
 
 
 def to_single_channel(array: np.ndarray, source: str | os.PathLike = "image") -> np.ndarray:
     """Grey, grey+alpha, RGB or RGBA array to one grey channel of the same integer type."""
-    from skimage.color import rgb2gray
-    from skimage.util import img_as_ubyte, img_as_uint
-
     if array.ndim == 2:
         grey = array
     elif array.ndim == 3 and array.shape[-1] == 2:
         grey = array[..., 0]
     elif array.ndim == 3 and array.shape[-1] in (3, 4):
+        from skimage.color import rgb2gray
+        from skimage.util import img_as_ubyte, img_as_uint
+
         grey = rgb2gray(array[..., :3])
         grey = img_as_uint(grey) if array.dtype == np.uint16 else img_as_ubyte(grey)
     else:
@@ -206,12 +222,20 @@ def read_axon_myelin_label(image: BidsMicroscopyImage) -> np.ndarray:
         if mask.dtype != np.uint8:
             raise ValueError(f"{path}: axonmyelin mask must be 8-bit (0, 127, 255), got {mask.dtype}")
         nominal = np.array(sorted(AXONMYELIN_VALUES))
-        # nearest nominal value: below 64 background, 64..191 myelin, from 192 axon
-        nearest = np.abs(mask[..., None].astype(np.int16) - nominal).argmin(axis=-1)
-        label = np.array([AXONMYELIN_VALUES[v] for v in nominal], np.uint8)[nearest]
-        off_nominal = int(np.count_nonzero(~np.isin(mask, nominal)))
-        if off_nominal:
-            warnings.warn(f"{path}: {off_nominal} pixel(s) not 0/127/255, mapped to the nearest of those")
+        if mask.any() and mask.max() < 64:  # e.g. a 0/1/2 label map: it would all round to background
+            raise ValueError(f"{path}: values {np.unique(mask).tolist()[:8]} but an axonmyelin mask holds 0 "
+                             f"background, 127 myelin, 255 axon")
+        # every grey value goes to the label of the nearest nominal value: below 64 background, 64..191 myelin
+        nearest = np.abs(np.arange(256)[:, None] - nominal[None]).argmin(axis=1)
+        lookup = np.array([AXONMYELIN_VALUES[v] for v in nominal], np.uint8)[nearest]
+        label = lookup[mask]
+        counts = np.bincount(mask.ravel(), minlength=256)
+        counts[nominal] = 0
+        off_nominal = np.flatnonzero(counts)
+        if off_nominal.size:
+            listed = ", ".join(f"{v} ({counts[v]} px)" for v in off_nominal[:6])
+            warnings.warn(f"{path}: values other than 0/127/255 mapped to the nearest of those: {listed}"
+                          + (" ..." if off_nominal.size > 6 else ""))
     else:
         axon = _read_binary_mask(image.label_files["axon"])
         myelin = _read_binary_mask(image.label_files["myelin"])
@@ -254,7 +278,9 @@ def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.Pat
                             dataset_name: str, test_subjects: Iterable[str] = (),
                             split_file: str | os.PathLike | None = None,
                             target_pixel_size_um: float | None = None, unlabelled: str = "test",
-                            label_suffix: str = "manual", overwrite: bool = False,
+                            label_suffix: str = "manual", subjects: Iterable[str] | None = None,
+                            modalities: Iterable[str] | None = None, overwrite: bool = False,
+                            preprocessed_root: str | os.PathLike | None = None, verify: bool = False,
                             progress: bool = True) -> Path:
     """Convert one or more BIDS microscopy datasets into one nnU-Net raw dataset.
 
@@ -277,8 +303,16 @@ def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.Pat
         What to do with images without manual labels.
     label_suffix : str
         Label derivative to read (``manual``).
+    subjects : iterable of str, optional
+        Convert only these subjects (``rat3`` or ``sub-rat3``); default all.
+    modalities : iterable of str, optional
+        Convert only images of these BIDS suffixes (``SEM``, ``TEM``, ``BF``, ...); default all.
     overwrite : bool
         Replace an existing dataset.
+    preprocessed_root : path, optional
+        nnU-Net preprocessed folder, where dataset IDs are checked too.
+    verify : bool
+        Run nnU-Net's dataset integrity check before moving the dataset into place.
 
     Returns
     -------
@@ -292,6 +326,9 @@ def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.Pat
     if split_file is not None:
         wanted_test |= {s.removeprefix("sub-") for s in read_test_subjects_file(split_file)}
     images = [image for root in roots for image in find_bids_images(root, label_suffix)]
+    images = _select(images, subjects, modalities, roots)
+    if len(roots) > 1:
+        _check_distinct_subjects(images)
     known = {i.subject for i in images} | {i.stem for i in images}
     unknown = sorted(wanted_test - known)
     if unknown:
@@ -304,7 +341,7 @@ def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.Pat
             raise ValueError(f"resampling needs every pixel size; no PixelSize sidecar applies to {missing}")
     skipped = []
     with NnUNetRawWriter(raw_root, dataset_id, dataset_name, AXON_MYELIN_LABELS, file_ending=".png",
-                         overwrite=overwrite,
+                         overwrite=overwrite, preprocessed_root=preprocessed_root,
                          dataset_json_extra={"reference": ", ".join(str(r.resolve()) for r in roots)}) as writer:
         for image in tqdm(images, desc=f"Converting {dataset_name}", unit="image", disable=not progress):
             if not image.has_label and unlabelled != "test":
@@ -322,13 +359,51 @@ def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.Pat
                 pixel_size = target_pixel_size_um
             is_test = image.subject in wanted_test or image.stem in wanted_test or label is None
             writer.add_case(grey, label, split="test" if is_test else "train",
-                            source_files=[image.path, *image.label_files.values()], subject=f"sub-{image.subject}",
+                            source_files=[image.path, *image.used_label_files], subject=f"sub-{image.subject}",
                             sample=image.sample, modality=image.modality, pixel_size_um=pixel_size,
                             source_pixel_size_um=image.pixel_size_um)
-        destination = writer.finish()
+        destination = writer.finish(verify=verify)
     if skipped:
         print(f"Skipped {len(skipped)} image(s) without labels: {', '.join(map(str, skipped))}")
     return destination
+
+
+def _select(images: list[BidsMicroscopyImage], subjects, modalities, roots) -> list[BidsMicroscopyImage]:
+    """Keep the images of the wanted subjects and modalities; naming one that is absent is an error."""
+    where = ", ".join(map(str, roots))
+    if subjects is not None:
+        wanted = {str(s).removeprefix("sub-") for s in subjects}
+        absent = sorted(wanted - {i.subject for i in images})
+        if absent:
+            raise ValueError(f"subjects not found in {where}: {absent}")
+        images = [i for i in images if i.subject in wanted]
+    if modalities is not None:
+        wanted = {str(m) for m in modalities}
+        absent = sorted(wanted - {i.modality for i in images})
+        if absent:
+            raise ValueError(f"modalities not found in {where}: {absent} (present: "
+                             f"{sorted({i.modality for i in images})})")
+        images = [i for i in images if i.modality in wanted]
+    return images
+
+
+def _check_distinct_subjects(images: list[BidsMicroscopyImage]) -> None:
+    """Several BIDS roots go into one dataset only if their subjects differ (the manifest identifies them by name)."""
+    roots_of_subject: dict[str, set] = {}
+    for image in images:
+        roots_of_subject.setdefault(image.subject, set()).add(_bids_root_of(image.path))
+    shared = {s: r for s, r in roots_of_subject.items() if len(r) > 1}
+    if shared:
+        subject, roots = next(iter(shared.items()))
+        raise ValueError(f"subject sub-{subject} appears in several datasets ({', '.join(map(str, sorted(roots)))}); "
+                         f"convert them separately and merge with 'nnunet-ext aggregate'")
+
+
+def _bids_root_of(image_path: Path) -> Path:
+    for parent in image_path.parents:
+        if parent.name.startswith("sub-"):
+            return parent.parent
+    return image_path.parent
 
 
 def register_convert_cli(convert_subparsers) -> None:
@@ -338,7 +413,10 @@ def register_convert_cli(convert_subparsers) -> None:
                     "(derivatives/labels/sub-*/micr/<stem>_seg-axonmyelin-manual.png, or _seg-axon/_seg-myelin) to "
                     "an nnU-Net raw dataset (labels 0 background, 1 myelin, 2 axon) with a manifest.csv.")
     parser.add_argument("bids_root", nargs="+", help="BIDS dataset folder(s)")
-    _add_destination_arguments(parser)
+    add_destination_arguments(parser)
+    parser.add_argument("--subjects", nargs="+", metavar="SUB", help="convert only these subjects (default: all)")
+    parser.add_argument("--modalities", nargs="+", metavar="SUFFIX",
+                        help="convert only images of these BIDS suffixes, e.g. SEM TEM BF (default: all)")
     parser.add_argument("--test-subjects", nargs="*", default=[], metavar="SUB",
                         help="subjects (or image stems) held out to imagesTs/labelsTs")
     parser.add_argument("--split-file", help='JSON file {"test": [subjects or image stems]}')
@@ -350,20 +428,12 @@ def register_convert_cli(convert_subparsers) -> None:
     parser.set_defaults(func=_run_bids_cli)
 
 
-def _add_destination_arguments(parser) -> None:
-    parser.add_argument("--raw", default=os.environ.get("nnUNet_raw"),
-                        help="nnU-Net raw folder (default: $nnUNet_raw)")
-    parser.add_argument("-d", "--dataset-id", type=int, required=True, help="nnU-Net dataset ID (1-999)")
-    parser.add_argument("-n", "--name", required=True, help="dataset name (DatasetXXX_<name>)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
-
-
 def _run_bids_cli(args) -> int:
-    if not args.raw:
-        raise ValueError("no nnU-Net raw folder: pass --raw or set nnUNet_raw")
-    destination = convert_bids_microscopy(args.bids_root, args.raw, args.dataset_id, args.name,
+    destination = convert_bids_microscopy(args.bids_root, raw_root_from_args(args), args.dataset_id, args.name,
                                           test_subjects=args.test_subjects, split_file=args.split_file,
                                           target_pixel_size_um=args.target_pixel_size, unlabelled=args.unlabelled,
-                                          overwrite=args.overwrite)
+                                          subjects=args.subjects, modalities=args.modalities,
+                                          overwrite=args.overwrite, preprocessed_root=args.preprocessed,
+                                          verify=args.verify)
     print(f"Wrote {destination} (manifest: {destination / 'manifest.csv'})")
     return 0

@@ -1,0 +1,384 @@
+"""BigNeuron (3D light microscopy of single neurons with SWC tracings) to a 3D nnU-Net raw dataset.
+
+Images are TIFF stacks (axes ZYX) or Vaa3D ``.v3draw`` files; each is paired with an SWC tracing that becomes a
+binary mask (0 background, 1 neuron) by painting, along every parent-child segment, balls whose radius goes linearly
+from one node's radius to the other's (at least ``min_radius``), as Vaa3D's ``swc_to_maskimage`` does; a root
+without children paints its own ball. SWC ``x, y, z`` (and radii) are voxel coordinates, 0-based, and map to array
+index ``[z, y, x]`` (BigNeuron's convention). Balls are round in voxel space, as Vaa3D paints them, whatever the
+voxel size: with coarse z steps, balls round in physical space would miss whole z planes along thin neurites. The
+voxel size (option) is written as the dataset's spacing. :func:`swc_to_mask` can paint physical balls instead.
+
+The dataset is written as NIfTI (``.nii.gz``, SimpleITK) carrying the voxel size; ``.tif`` (nnU-Net's Tiff3DIO, with
+a spacing JSON per case) is the alternative.
+
+Vaa3D raw format (``.v3draw``), as Vaa3D's ``loadRaw2Stack`` reads it: the 24 bytes ``raw_image_stack_by_hpeng``, one
+byte ``B`` or ``L`` (big or little endian), an int16 data type (1 uint8, 2 uint16, 4 float32), four sizes X, Y, Z, C
+(int32, or int16 in old files: the file size tells which), then the data in C, Z, Y, X order (X fastest).
+Compressed ``.v3dpbd`` files are not read: convert them with Vaa3D first.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from nnunet_ext.dataset_conversion.nnunet_raw import NnUNetRawWriter, add_destination_arguments, raw_root_from_args
+from nnunet_ext.evaluation.swc import SWCTree, read_swc
+
+V3DRAW_MAGIC = b"raw_image_stack_by_hpeng"
+V3DRAW_DATATYPES = {1: np.uint8, 2: np.uint16, 4: np.float32}
+IMAGE_SUFFIXES = (".tif", ".tiff", ".v3draw", ".v3dpbd")
+NEURON_LABELS = {"background": 0, "neuron": 1}
+
+
+# ------------------------------------------------------------------------------------------------ Vaa3D raw files
+def read_v3draw(path: str | os.PathLike) -> np.ndarray:
+    """Read a Vaa3D ``.v3draw`` file as an array of axes (C, Z, Y, X)."""
+    path = Path(path)
+    data = path.read_bytes()
+    if not data.startswith(V3DRAW_MAGIC):
+        raise ValueError(f"{path}: not a Vaa3D raw file (no '{V3DRAW_MAGIC.decode()}' header)")
+    offset = len(V3DRAW_MAGIC)
+    if len(data) < offset + 3:
+        raise ValueError(f"{path}: truncated header")
+    endian_code = data[offset:offset + 1]
+    if endian_code not in (b"B", b"L"):
+        raise ValueError(f"{path}: endian byte must be 'B' or 'L', got {endian_code!r}")
+    endian = ">" if endian_code == b"B" else "<"
+    datatype = int(np.frombuffer(data, f"{endian}i2", 1, offset + 1)[0])
+    if datatype not in V3DRAW_DATATYPES:
+        raise ValueError(f"{path}: data type {datatype} not supported (1 uint8, 2 uint16, 4 float32)")
+    item = np.dtype(V3DRAW_DATATYPES[datatype]).newbyteorder(endian)
+    for size_type in ("i4", "i2"):  # current files store int32 sizes, old ones int16: the file size decides
+        header = offset + 3 + 4 * np.dtype(size_type).itemsize
+        if len(data) < header:
+            continue
+        x, y, z, c = (int(v) for v in np.frombuffer(data, f"{endian}{size_type}", 4, offset + 3))
+        if min(x, y, z, c) > 0 and len(data) == header + x * y * z * c * item.itemsize:
+            array = np.frombuffer(data, item, x * y * z * c, header).reshape(c, z, y, x)
+            return array.astype(item.newbyteorder("="))
+    raise ValueError(f"{path}: file size {len(data)} matches neither int32 nor int16 image sizes in the header "
+                     f"(truncated or not a v3draw file)")
+
+
+def write_v3draw(path: str | os.PathLike, array: np.ndarray, byte_order: str = "<") -> Path:
+    """Write a (Z, Y, X) or (C, Z, Y, X) uint8/uint16/float32 array as Vaa3D ``.v3draw`` (int32 sizes)."""
+    array = np.asarray(array)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4:
+        raise ValueError(f"v3draw holds (C, Z, Y, X) arrays, got shape {array.shape}")
+    datatype = {np.dtype(v): k for k, v in V3DRAW_DATATYPES.items()}.get(array.dtype.newbyteorder("="))
+    if datatype is None:
+        raise ValueError(f"v3draw holds uint8, uint16 or float32, got {array.dtype}")
+    c, z, y, x = array.shape
+    with open(path, "wb") as stream:
+        stream.write(V3DRAW_MAGIC + (b"B" if byte_order == ">" else b"L"))
+        stream.write(np.array([datatype], f"{byte_order}i2").tobytes())
+        stream.write(np.array([x, y, z, c], f"{byte_order}i4").tobytes())
+        stream.write(array.astype(array.dtype.newbyteorder(byte_order)).tobytes())
+    return Path(path)
+
+
+def read_neuron_image(path: str | os.PathLike, channel: int = 0) -> np.ndarray:
+    """One channel of a 3D image stack (ZYX) from TIFF or ``.v3draw``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image not found")
+    suffix = path.suffix.lower()
+    if suffix == ".v3dpbd":
+        raise ValueError(f"{path}: compressed Vaa3D files (.v3dpbd) are not supported; convert it with Vaa3D "
+                         f"(open it and save as .v3draw or .tif) first")
+    if suffix == ".v3draw":
+        stack = read_v3draw(path)
+        if not 0 <= channel < stack.shape[0]:
+            raise ValueError(f"{path}: has {stack.shape[0]} channel(s), channel {channel} asked for")
+        return stack[channel]
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array, axes = series.asarray(), series.axes
+    except (tifffile.TiffFileError, OSError, IndexError) as error:
+        raise ValueError(f"{path}: not a readable TIFF ({error})") from None
+    for channel_axis in ("C", "S"):
+        if channel_axis in axes and array.ndim == 4:
+            index = axes.index(channel_axis)
+            if not 0 <= channel < array.shape[index]:
+                raise ValueError(f"{path}: has {array.shape[index]} channel(s), channel {channel} asked for")
+            array = np.take(array, channel, axis=index)
+            axes = axes.replace(channel_axis, "")
+    if array.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D stack (ZYX), got axes {axes} shape {array.shape}")
+    return array
+
+
+# ------------------------------------------------------------------------------------------------ SWC to mask
+def swc_to_mask(tree: SWCTree, shape: Sequence[int], voxel_size_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+                min_radius: float = 1.0) -> np.ndarray:
+    """Binary mask of a neuron tracing: balls along every parent-child segment.
+
+    Parameters
+    ----------
+    tree : SWCTree
+        Tracing in voxel coordinates (``x, y, z`` -> index ``[z, y, x]``), radii in x voxels.
+    shape : (Z, Y, X)
+        Shape of the image.
+    voxel_size_zyx : sequence of 3 floats
+        Voxel size, to paint balls that are round in physical space (radii in x voxels); the default paints them
+        round in voxel space, as Vaa3D does.
+    min_radius : float
+        Smallest radius painted (x voxels); automatic tracings often give radius 0 or 1.
+
+    Returns
+    -------
+    (Z, Y, X) bool array
+        True inside the union, over every segment, of the balls centred on the segment whose radius varies
+        linearly between the two nodes' radii (a tapered capsule), and of each childless root's ball.
+    """
+    shape = tuple(int(s) for s in shape)
+    spacing = np.asarray(voxel_size_zyx, dtype=np.float64)
+    if spacing.shape != (3,) or np.any(spacing <= 0):
+        raise ValueError(f"voxel size must be three positive numbers (z, y, x), got {voxel_size_zyx}")
+    points = tree.coordinates[:, ::-1] * spacing  # physical z, y, x
+    radii = np.maximum(tree.radii, min_radius) * spacing[2]
+    mask = np.zeros(shape, dtype=bool)
+    parents = tree.parent_index
+    has_child = np.zeros(len(tree), dtype=bool)
+    has_child[parents[parents >= 0]] = True
+    segments = [(child, parent) for child, parent in enumerate(parents) if parent >= 0]
+    segments += [(node, node) for node in np.flatnonzero((parents < 0) & ~has_child)]
+    for a, b in segments:
+        _paint_tapered_capsule(mask, points[a], points[b], radii[a], radii[b], spacing)
+    return mask
+
+
+def _paint_tapered_capsule(mask: np.ndarray, a: np.ndarray, b: np.ndarray, radius_a: float, radius_b: float,
+                           spacing: np.ndarray) -> None:
+    reach = max(radius_a, radius_b)
+    low = np.floor((np.minimum(a, b) - reach) / spacing).astype(int)
+    high = np.ceil((np.maximum(a, b) + reach) / spacing).astype(int) + 1
+    low, high = np.maximum(low, 0), np.minimum(high, mask.shape)
+    if np.any(high <= low):
+        return  # entirely outside the image
+    grid = np.stack(np.meshgrid(*[np.arange(lo, hi) * s for lo, hi, s in zip(low, high, spacing)], indexing="ij"),
+                    axis=-1)
+    axis = b - a
+    length2 = float(axis @ axis)
+    w = grid - a
+    if length2 == 0.0:
+        inside = np.einsum("...i,...i", w, w) <= reach ** 2
+    else:
+        # The union of balls c(t) = a + t (b - a), r(t) = r_a + t (r_b - r_a), t in [0, 1], holds a point iff
+        # min_t |p - c(t)| - r(t) <= 0. That function of t is convex; its minimum lies where the distance along
+        # the axis from the foot of the perpendicular, s, satisfies s / sqrt(s^2 + h^2) = (r_b - r_a) / |b - a|.
+        length = np.sqrt(length2)
+        along = (w @ axis) / length2  # t of the foot of the perpendicular
+        h = np.sqrt(np.maximum(np.einsum("...i,...i", w, w) - (along * length) ** 2, 0.0))
+        slope = (radius_b - radius_a) / length
+        if abs(slope) < 1.0:
+            t = along + h * slope / np.sqrt(1.0 - slope * slope) / length
+        else:  # one end ball contains the other and every ball between
+            t = np.full_like(along, 1.0 if slope > 0 else 0.0)
+        t = np.clip(t, 0.0, 1.0)
+        offset = w - t[..., None] * axis
+        inside = np.sqrt(np.einsum("...i,...i", offset, offset)) <= radius_a + t * (radius_b - radius_a)
+    mask[tuple(slice(lo, hi) for lo, hi in zip(low, high))] |= inside
+
+
+# ------------------------------------------------------------------------------------------------ pairing
+def find_image_tracing_pairs(inputs: Iterable[str | os.PathLike]) -> tuple[list[tuple[Path, Path | None]], list[Path]]:
+    """Images under ``inputs`` (files or folders, searched recursively) with their SWC tracings.
+
+    An image ``<stem>.<ext>`` pairs with ``<stem>.swc`` or ``<stem>.<ext>.swc`` beside it; failing that, with the
+    only SWC of its folder if the folder holds a single image (BigNeuron's one-folder-per-neuron layout).
+
+    Returns
+    -------
+    pairs : list of (image, swc or None)
+    orphans : list of Path
+        SWC files that no image claimed.
+    """
+    images, tracings = [], []
+    for entry in inputs:
+        entry = Path(entry)
+        if entry.is_dir():
+            files = sorted(p for p in entry.rglob("*") if p.is_file())
+        elif entry.is_file():
+            files = [entry]
+        else:
+            raise FileNotFoundError(f"{entry}: no such file or folder")
+        images += [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        tracings += [p for p in files if p.suffix.lower() in (".swc", ".eswc")]
+    if not images:
+        raise FileNotFoundError(f"no image ({', '.join(IMAGE_SUFFIXES)}) under {', '.join(map(str, inputs))}")
+    images = list(dict.fromkeys(images))
+    by_folder: dict[Path, list[Path]] = {}
+    for swc in dict.fromkeys(tracings):
+        by_folder.setdefault(swc.parent, []).append(swc)
+    images_per_folder: dict[Path, int] = {}
+    for image in images:
+        images_per_folder[image.parent] = images_per_folder.get(image.parent, 0) + 1
+    pairs, claimed = [], set()
+    for image in images:
+        candidates = [s for s in by_folder.get(image.parent, []) if s.stem in (image.stem, image.name)]
+        if not candidates and images_per_folder[image.parent] == 1 and len(by_folder.get(image.parent, [])) == 1:
+            candidates = by_folder[image.parent]
+        if len(candidates) > 1:
+            raise ValueError(f"{image}: several tracings match ({', '.join(map(str, candidates))}); pass the pair "
+                             f"explicitly")
+        pairs.append((image, candidates[0] if candidates else None))
+        claimed.update(candidates)
+    orphans = [s for s in dict.fromkeys(tracings) if s not in claimed]
+    return pairs, orphans
+
+
+# ------------------------------------------------------------------------------------------------ conversion
+def convert_bigneuron(inputs: Iterable[str | os.PathLike], raw_root: str | os.PathLike, dataset_id: int,
+                      dataset_name: str, *, pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike]] = (),
+                      voxel_size_xyz: Sequence[float] = (1.0, 1.0, 1.0), min_radius: float = 1.0,
+                      channel: int = 0, test_cases: Iterable[str] = (), unlabelled: str = "test",
+                      file_ending: str = ".nii.gz", overwrite: bool = False,
+                      preprocessed_root: str | os.PathLike | None = None, verify: bool = False,
+                      progress: bool = True) -> Path:
+    """Convert BigNeuron-style image stacks with SWC tracings into a 3D nnU-Net raw dataset (0 background,
+    1 neuron).
+
+    Parameters
+    ----------
+    inputs : iterable of paths
+        Image files or folders (paired with tracings by :func:`find_image_tracing_pairs`).
+    pairs : sequence of (image, swc)
+        Explicit pairs, in addition to (or instead of) ``inputs``.
+    voxel_size_xyz : 3 floats
+        Voxel size (x, y, z), in um, written as the dataset's spacing.
+    min_radius : float
+        Smallest ball radius painted, in x voxels.
+    channel : int
+        Channel of multi-channel stacks.
+    test_cases : iterable of str
+        Image stems (file name without extension) held out to imagesTs/labelsTs.
+    unlabelled : {"test", "skip", "error"}
+        Images without a tracing: to imagesTs (default), skipped, or an error.
+    file_ending : {".nii.gz", ".tif"}
+    overwrite, preprocessed_root, verify :
+        As for every converter.
+    """
+    if unlabelled not in ("test", "skip", "error"):
+        raise ValueError(f"unlabelled must be 'test', 'skip' or 'error', got {unlabelled!r}")
+    if file_ending not in (".nii.gz", ".tif"):
+        raise ValueError(f"3D datasets are written as .nii.gz or .tif, got {file_ending!r}")
+    voxel_size_xyz = tuple(float(v) for v in voxel_size_xyz)
+    if len(voxel_size_xyz) != 3 or min(voxel_size_xyz) <= 0:
+        raise ValueError(f"voxel size must be three positive numbers (x, y, z), got {voxel_size_xyz}")
+    if min_radius < 0:
+        raise ValueError(f"min radius must not be negative, got {min_radius}")
+    inputs = list(inputs)
+    found, orphans = find_image_tracing_pairs(inputs) if inputs else ([], [])
+    explicit = [(Path(i), Path(s)) for i, s in pairs]
+    for image, swc in explicit:
+        for path in (image, swc):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: file not found")
+    explicit_images = {i.resolve() for i, _ in explicit}
+    all_pairs = explicit + [(i, s) for i, s in found if i.resolve() not in explicit_images]
+    orphans = [o for o in orphans if o.resolve() not in {s.resolve() for _, s in explicit}]
+    if not all_pairs:
+        raise FileNotFoundError("no image to convert")
+    stems = [_stem(i) for i, _ in all_pairs]
+    duplicated = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicated:
+        raise ValueError(f"several images share the name(s) {duplicated}; test cases and the manifest identify images "
+                         f"by name, so rename them")
+    test_cases = set(test_cases)
+    unknown = sorted(test_cases - set(stems))
+    if unknown:
+        raise ValueError(f"test cases not found among the images: {unknown} (images: {stems})")
+    voxel_size_zyx = voxel_size_xyz[::-1]
+    skipped = []
+    with NnUNetRawWriter(raw_root, dataset_id, dataset_name, NEURON_LABELS, channel_names={"0": "zscore"},
+                         file_ending=file_ending, overwrite=overwrite, preprocessed_root=preprocessed_root,
+                         dataset_json_extra={"reference": "BigNeuron-style stacks with SWC tracings",
+                                             "voxel_size_xyz_um": list(voxel_size_xyz)}) as writer:
+        for image_path, swc_path in tqdm(all_pairs, desc=f"Converting {dataset_name}", unit="stack",
+                                         disable=not progress):
+            if swc_path is None and unlabelled != "test":
+                if unlabelled == "error":
+                    raise ValueError(f"{image_path}: no SWC tracing found for it")
+                skipped.append(image_path)
+                continue
+            image = read_neuron_image(image_path, channel)
+            if image.dtype not in (np.uint8, np.uint16, np.float32):
+                image = image.astype(np.float32)
+            label, outside = None, 0
+            if swc_path is not None:
+                tree = read_swc(swc_path)
+                outside = _nodes_outside(tree, image.shape)
+                if outside == len(tree):
+                    raise ValueError(f"{swc_path}: every node lies outside {image_path} (shape ZYX {image.shape}); "
+                                     f"is it the tracing of another image?")
+                if outside:
+                    warnings.warn(f"{swc_path}: {outside} of {len(tree)} node(s) outside {image_path} "
+                                  f"(shape ZYX {image.shape}); painted where they overlap the image")
+                label = swc_to_mask(tree, image.shape, min_radius=min_radius).astype(np.uint8)
+            split = "test" if (_stem(image_path) in test_cases or label is None) else "train"
+            writer.add_case(image, label, split=split, spacing=voxel_size_zyx,
+                            source_files=[image_path] + ([swc_path] if swc_path else []), subject=_stem(image_path),
+                            modality="LM", pixel_size_um=voxel_size_xyz[0], voxel_size_xyz_um=
+                            "x".join(f"{v:g}" for v in voxel_size_xyz), swc_nodes_outside=outside)
+        destination = writer.finish(verify=verify)
+    for note, files in (("image(s) without a tracing skipped", skipped), ("tracing(s) without an image", orphans)):
+        if files:
+            print(f"{len(files)} {note}: {', '.join(map(str, files))}")
+    return destination
+
+
+def _stem(path: Path) -> str:
+    return path.name[: -len(path.suffix)] if path.suffix else path.name
+
+
+def _nodes_outside(tree: SWCTree, shape: Sequence[int]) -> int:
+    zyx = tree.coordinates[:, ::-1]
+    return int(np.count_nonzero(np.any((zyx < -0.5) | (zyx > np.asarray(shape) - 0.5), axis=1)))
+
+
+def register_convert_cli(convert_subparsers) -> None:
+    parser = convert_subparsers.add_parser(
+        "bigneuron", help="BigNeuron 3D stacks (TIFF, .v3draw) with SWC tracings to a 3D nnU-Net dataset",
+        description="Convert 3D light-microscopy stacks (TIFF ZYX or Vaa3D .v3draw) and their SWC tracings to a 3D "
+                    "nnU-Net raw dataset (0 background, 1 neuron); each tracing becomes a mask of balls painted "
+                    "along its segments. Images pair with <stem>.swc beside them, or with the only SWC of a "
+                    "one-image folder.")
+    parser.add_argument("inputs", nargs="*", help="image files or folders")
+    parser.add_argument("--pair", nargs=2, action="append", default=[], metavar=("IMAGE", "SWC"),
+                        help="an explicit image/tracing pair (repeatable)")
+    add_destination_arguments(parser)
+    parser.add_argument("--voxel-size", nargs=3, type=float, default=(1.0, 1.0, 1.0), metavar=("X", "Y", "Z"),
+                        help="voxel size x y z in um (default 1 1 1), written as the spacing")
+    parser.add_argument("--min-radius", type=float, default=1.0,
+                        help="smallest radius painted, in x voxels (default 1)")
+    parser.add_argument("--channel", type=int, default=0, help="channel of multi-channel stacks (default 0)")
+    parser.add_argument("--test-cases", nargs="*", default=[], metavar="STEM",
+                        help="image names (without extension) held out to imagesTs/labelsTs")
+    parser.add_argument("--unlabelled", choices=("test", "skip", "error"), default="test",
+                        help="images without a tracing: imagesTs (default), skip, or fail")
+    parser.add_argument("--file-ending", choices=(".nii.gz", ".tif"), default=".nii.gz",
+                        help="NIfTI (default) or TIFF + spacing JSON (nnU-Net's Tiff3DIO)")
+    parser.set_defaults(func=_run_cli)
+
+
+def _run_cli(args) -> int:
+    if not args.inputs and not args.pair:
+        raise ValueError("give image files/folders or --pair IMAGE SWC")
+    destination = convert_bigneuron(args.inputs, raw_root_from_args(args), args.dataset_id, args.name,
+                                    pairs=args.pair, voxel_size_xyz=args.voxel_size, min_radius=args.min_radius,
+                                    channel=args.channel, test_cases=args.test_cases, unlabelled=args.unlabelled,
+                                    file_ending=args.file_ending, overwrite=args.overwrite,
+                                    preprocessed_root=args.preprocessed, verify=args.verify)
+    print(f"Wrote {destination}")
+    return 0
