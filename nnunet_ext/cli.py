@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "nnunet_ext.dataset_conversion.cli",
     "nnunet_ext.trainers.plans",
     "nnunet_ext.trainers.cli",
+    "nnunet_ext.segmentation.cli",
     "nnunet_ext.morphometrics.cli",
     "nnunet_ext.evaluation.cli",
 )
