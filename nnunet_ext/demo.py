@@ -278,7 +278,7 @@ def _print_summary(summary: dict, out: Path) -> None:
 
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="run the whole pipeline on synthetic data on the CPU (about 10 minutes)",
+        "demo", help="run the whole pipeline on synthetic data on the CPU (about 5 minutes)",
         description="Synthetic TEM/SEM phantoms -> nnU-Net raw -> plan/preprocess (CPU plans) -> nnUNetv2_train "
                     f"({DEMO_TRAINER}) -> nnUNetv2_predict -> Dice per class -> per-axon and aggregate "
                     "morphometrics CSVs, with a summary at the end. Runs on the CPU; no downloads.")
