@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -76,7 +75,6 @@ class _Steps:
 def run_demo(out: str | os.PathLike = "nnunet_ext_demo", overwrite: bool = False,
              settings: DemoSettings | None = None) -> dict:
     """Run the demo pipeline into ``out`` and return its summary (also written to ``out/summary.json``)."""
-    import numpy as np
     import pandas as pd
 
     from nnunet_ext.dataset_conversion.bids_microscopy import convert_bids_microscopy

@@ -5,7 +5,6 @@ Tests that train or predict carry the ``slow`` marker; they run in CI too (``pyt
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -898,19 +898,9 @@ def plot_dice_heatmaps(matrix, path: str | os.PathLike, classes: Sequence[str] |
 
 
 def _save_figure(figure, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+    from nnunet_ext.evaluation.segmentation_metrics import save_figure
 
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(handle)
-    try:
-        figure.savefig(temporary, dpi=120, bbox_inches="tight")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(figure)
-    return path
+    return save_figure(figure, path, bbox_inches="tight")
 
 
 def _file_part(name: str) -> str:

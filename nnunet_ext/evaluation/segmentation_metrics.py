@@ -691,10 +691,17 @@ def plot_metrics(per_case, path: str | os.PathLike, overwrite: bool = False) -> 
         axis.grid(axis="y", alpha=0.3)
     figure.suptitle(f"{per_case['case'].nunique()} cases")
     figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def save_figure(figure, path: Path, **savefig_kwargs) -> Path:
+    """Write a matplotlib figure as PNG through a temporary file (never a half-written picture), then close it."""
+    import matplotlib.pyplot as plt
+
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(handle)
     try:
-        figure.savefig(temporary, dpi=120)
+        figure.savefig(temporary, **{"dpi": 120, **savefig_kwargs})
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
