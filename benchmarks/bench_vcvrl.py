@@ -1,12 +1,14 @@
 """Cost of the VCV-RL similarity loss: train-step time, FLOPs and peak memory against nnUNetTrainer; inference time.
 
-Both trainers get the same nnU-Net plans (the CPU plans of ``nnunet-ext plans-cpu``: a 4-stage PlainConvUNet with 16
-to 128 features, 128x128 patches and batch 8 in 2D; 64^3 patches and batch 2 in 3D) and the same synthetic batches
-(three classes in blobs), so data loading is left out and only the training step is compared. Steps of the two
+Both trainers get the same nnU-Net plans and the same synthetic batches (three classes in blobs), so data loading is
+left out and only the training step is compared. Plans (``PLANS``): the CPU plans of ``nnunet-ext plans-cpu`` (a
+4-stage PlainConvUNet with 16 to 128 features, 128x128 patches and batch 8 in 2D; 64^3 patches and batch 2 in 3D),
+and nnU-Net's default 2D topology (7 stages, 32 to 512 features, batch 12) at a 256x256 patch. The heads cost a fixed
+~6.7 GFLOP per step (3 pools x 513 rows through 512-wide MLPs), so the ratio is largest on the tiniest plans. Steps of the two
 trainers alternate, so that load from other processes on the machine hits both alike; medians are reported.
 
-    python benchmarks/bench_vcvrl.py            # 2D and 3D
-    python benchmarks/bench_vcvrl.py --dim 2 --steps 20
+    python benchmarks/bench_vcvrl.py                     # all plans below (about 6 min on the idle 2-core machine)
+    python benchmarks/bench_vcvrl.py --plans cpu-2d --steps 20
 """
 from __future__ import annotations
 
@@ -29,10 +31,20 @@ DATASET = "Dataset986_VCVRLBench"
 DATA_IDENTIFIER = "bench"
 
 
-def cpu_plans(dim: int) -> tuple[dict, str]:
-    """nnU-Net plans with the network ``write_cpu_plans`` produces (PlainConvUNet, nnU-Net's default layers)."""
-    features = [16, 32, 64, 128]
-    patch, batch_size = ([128, 128], 8) if dim == 2 else ([64, 64, 64], 2)
+# name: (dimension, features per stage, patch, batch size, what it is)
+PLANS = {
+    "cpu-2d": (2, (16, 32, 64, 128), (128, 128), 8,
+               "nnUNetPlans_cpu 2D (`nnunet-ext plans-cpu`: the test and demo plans, 4 stages 16..128)"),
+    "cpu-3d": (3, (16, 32, 64, 128), (64, 64, 64), 2, "nnUNetPlans_cpu 3D (4 stages 16..128)"),
+    "default-2d": (2, (32, 64, 128, 256, 512, 512, 512), (256, 256), 12,
+                   "nnU-Net's default 2D topology (7 stages 32..512, batch 12) at a 256x256 patch"),
+}
+
+
+def cpu_plans(name: str) -> tuple[dict, str]:
+    """nnU-Net plans for one entry of ``PLANS`` (PlainConvUNet with nnU-Net's default layers)."""
+    dim, features, patch, batch_size, _ = PLANS[name]
+    features, patch, stages = list(features), list(patch), len(features)
     conv, norm = ("Conv2d", "InstanceNorm2d") if dim == 2 else ("Conv3d", "InstanceNorm3d")
     resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
     configuration = {
@@ -47,9 +59,9 @@ def cpu_plans(dim: int) -> tuple[dict, str]:
         "architecture": {
             "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
             "arch_kwargs": {
-                "n_stages": 4, "features_per_stage": features, "conv_op": f"torch.nn.modules.conv.{conv}",
-                "kernel_sizes": [[3] * dim] * 4, "strides": [[1] * dim] + [[2] * dim] * 3,
-                "n_conv_per_stage": [2] * 4, "n_conv_per_stage_decoder": [2] * 3, "conv_bias": True,
+                "n_stages": stages, "features_per_stage": features, "conv_op": f"torch.nn.modules.conv.{conv}",
+                "kernel_sizes": [[3] * dim] * stages, "strides": [[1] * dim] + [[2] * dim] * (stages - 1),
+                "n_conv_per_stage": [2] * stages, "n_conv_per_stage_decoder": [2] * (stages - 1), "conv_bias": True,
                 "norm_op": f"torch.nn.modules.instancenorm.{norm}", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
                 "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
                 "nonlin_kwargs": {"inplace": True}},
@@ -78,7 +90,7 @@ def set_up_nnunet_folders(base: Path) -> None:
     (data_folder / "case.b2nd").touch()  # nnU-Net infers its dataset class from the file ending
 
 
-def make_trainer(kind: str, dim: int):
+def make_trainer(kind: str, plans_name: str):
     import contextlib
     import io
 
@@ -87,7 +99,7 @@ def make_trainer(kind: str, dim: int):
     from nnunet_ext.trainers.vcvrl import nnUNetTrainerVCVRL
 
     cls = nnUNetTrainerVCVRL if kind == "vcvrl" else nnUNetTrainer
-    plans, configuration = cpu_plans(dim)
+    plans, configuration = cpu_plans(plans_name)
     plans["continue_training"] = False
     dataset_json = {"channel_names": {"0": "image"}, "labels": {"background": 0, "myelin": 1, "axon": 2},
                     "numTraining": 10, "file_ending": ".nii.gz"}
@@ -197,25 +209,26 @@ DEFAULT_SIZED_PLANS = {
 }
 
 
-def peak_rss_worker(kind: str, dim: int, steps: int) -> None:
+def peak_rss_worker(kind: str, plans_name: str, steps: int) -> None:
     """Runs in a fresh process: a few steps of one trainer, then prints the process's peak resident memory."""
     with tempfile.TemporaryDirectory() as folder:
         set_up_nnunet_folders(Path(folder))
-        trainer = make_trainer(kind, dim)
+        trainer = make_trainer(kind, plans_name)
         batch = synthetic_batch(trainer, 0)
         for _ in range(steps):
             trainer.train_step(batch)
     print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def peak_rss_mib(kind: str, dim: int, steps: int) -> float:
-    result = subprocess.run([sys.executable, __file__, "--rss-worker", kind, "--dim", str(dim),
+def peak_rss_mib(kind: str, plans_name: str, steps: int) -> float:
+    result = subprocess.run([sys.executable, __file__, "--rss-worker", kind, "--plans", plans_name,
                              "--steps", str(steps)], capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mib"]
 
 
-def benchmark(dim: int, steps: int, warmup: int) -> dict:
-    base, vcvrl = make_trainer("base", dim), make_trainer("vcvrl", dim)
+def benchmark(plans_name: str, steps: int, warmup: int, extras: bool = True) -> dict:
+    """Step times (alternated), and with ``extras`` the VCV-RL part alone, FLOPs, peak RSS and inference."""
+    base, vcvrl = make_trainer("base", plans_name), make_trainer("vcvrl", plans_name)
     batches = [synthetic_batch(base, seed) for seed in range(3)]
     for i in range(warmup):
         timed_step(base, batches[i % 3])
@@ -224,9 +237,8 @@ def benchmark(dim: int, steps: int, warmup: int) -> dict:
     for i in range(steps):  # alternate, so that load from other processes hits both alike
         base_times.append(timed_step(base, batches[i % 3]))
         vcvrl_times.append(timed_step(vcvrl, batches[i % 3]))
-    base_inference, vcvrl_inference = inference_seconds([base, vcvrl], max(3, steps // 2))
-    return {
-        "dim": dim,
+    result = {
+        "plans": plans_name,
         "patch": base.configuration_manager.patch_size,
         "batch": base.batch_size,
         "base_step_s": statistics.median(base_times),
@@ -234,46 +246,62 @@ def benchmark(dim: int, steps: int, warmup: int) -> dict:
         "step_ratio": statistics.median(vcvrl_times) / statistics.median(base_times),
         "pairwise_ratio": statistics.median(v / b for v, b in zip(vcvrl_times, base_times)),
         "similarity_part_s": similarity_part_seconds(vcvrl, batches[0], max(3, steps // 2)),
-        "base_gflop": step_flops(base, batches[0]) / 1e9,
-        "vcvrl_gflop": step_flops(vcvrl, batches[0]) / 1e9,
-        "base_inference_s": base_inference,
-        "vcvrl_inference_s": vcvrl_inference,
-        "base_peak_rss_mib": peak_rss_mib("base", dim, 3),
-        "vcvrl_peak_rss_mib": peak_rss_mib("vcvrl", dim, 3),
     }
+    if extras:
+        base_inference, vcvrl_inference = inference_seconds([base, vcvrl], max(3, steps // 2))
+        result.update({
+            "base_gflop": step_flops(base, batches[0]) / 1e9,
+            "vcvrl_gflop": step_flops(vcvrl, batches[0]) / 1e9,
+            "base_inference_s": base_inference,
+            "vcvrl_inference_s": vcvrl_inference,
+            "base_peak_rss_mib": peak_rss_mib("base", plans_name, 3),
+            "vcvrl_peak_rss_mib": peak_rss_mib("vcvrl", plans_name, 3),
+        })
+    return result
+
+
+def report(r: dict) -> None:
+    print(f"\n{r['plans']}: {PLANS[r['plans']][4]}\n  patch {r['patch']}, batch {r['batch']}, 3 classes, "
+          f"nnUNetTrainerVCVRL defaults (512 anchors per pool, hybrid, strict descriptors)")
+    print(f"  train step        nnUNetTrainer {r['base_step_s'] * 1e3:8.0f} ms   VCV-RL "
+          f"{r['vcvrl_step_s'] * 1e3:8.0f} ms   ratio {r['step_ratio']:.3f} (pairwise median "
+          f"{r['pairwise_ratio']:.3f}; target <= 1.15)")
+    print(f"  VCV-RL part alone {r['similarity_part_s'] * 1e3:8.0f} ms (pools, sampling, descriptors, "
+          f"heads forward + backward)")
+    if "base_gflop" not in r:
+        return
+    print(f"  FLOPs per step    nnUNetTrainer {r['base_gflop']:8.2f} G    VCV-RL {r['vcvrl_gflop']:8.2f} G"
+          f"    ratio {r['vcvrl_gflop'] / r['base_gflop']:.3f}")
+    print(f"  peak RSS (3 steps) nnUNetTrainer {r['base_peak_rss_mib']:7.0f} MiB  VCV-RL "
+          f"{r['vcvrl_peak_rss_mib']:7.0f} MiB  (+{r['vcvrl_peak_rss_mib'] - r['base_peak_rss_mib']:.0f})")
+    print(f"  inference (1 patch) nnUNetTrainer {r['base_inference_s'] * 1e3:6.0f} ms  VCV-RL "
+          f"{r['vcvrl_inference_s'] * 1e3:6.0f} ms  (same network class and weights layout)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, choices=(2, 3), action="append", help="2 and/or 3 (default both)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per trainer (default 10)")
+    parser.add_argument("--plans", choices=sorted(PLANS), action="append",
+                        help="plans to compare on (repeatable; default cpu-2d, cpu-3d and default-2d)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per trainer on the CPU plans (default 10)")
+    parser.add_argument("--default-steps", type=int, default=3,
+                        help="timed steps per trainer on default-2d (about 15 s each here; default 3)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rss-worker", choices=("base", "vcvrl"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    dims = args.dim or [2, 3]
+    plans_names = args.plans or ["cpu-2d", "cpu-3d", "default-2d"]
     if args.rss_worker:
-        peak_rss_worker(args.rss_worker, dims[0], args.steps)
+        peak_rss_worker(args.rss_worker, plans_names[0], args.steps)
         return
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average before: "
           f"{os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as folder:
         set_up_nnunet_folders(Path(folder))
-        for dim in dims:
-            r = benchmark(dim, args.steps, args.warmup)
-            print(f"\n{dim}D, patch {r['patch']}, batch {r['batch']}, 3 classes, nnUNetTrainerVCVRL defaults "
-                  f"(512 anchors per pool, hybrid, strict descriptors)")
-            print(f"  train step        nnUNetTrainer {r['base_step_s'] * 1e3:8.0f} ms   VCV-RL "
-                  f"{r['vcvrl_step_s'] * 1e3:8.0f} ms   ratio {r['step_ratio']:.3f} (pairwise median "
-                  f"{r['pairwise_ratio']:.3f}; target <= 1.15)")
-            print(f"  VCV-RL part alone {r['similarity_part_s'] * 1e3:8.0f} ms (pools, sampling, descriptors, "
-                  f"heads forward + backward)")
-            print(f"  FLOPs per step    nnUNetTrainer {r['base_gflop']:8.2f} G    VCV-RL {r['vcvrl_gflop']:8.2f} G"
-                  f"    ratio {r['vcvrl_gflop'] / r['base_gflop']:.3f}")
-            print(f"  peak RSS (3 steps) nnUNetTrainer {r['base_peak_rss_mib']:7.0f} MiB  VCV-RL "
-                  f"{r['vcvrl_peak_rss_mib']:7.0f} MiB  (+{r['vcvrl_peak_rss_mib'] - r['base_peak_rss_mib']:.0f})")
-            print(f"  inference (1 patch) nnUNetTrainer {r['base_inference_s'] * 1e3:6.0f} ms  VCV-RL "
-                  f"{r['vcvrl_inference_s'] * 1e3:6.0f} ms  (same network class and weights layout)")
+        for name in plans_names:
+            if name.startswith("default"):  # a step takes seconds: fewer steps, no FLOP/RSS extras
+                report(benchmark(name, args.default_steps, 1, extras=False))
+            else:
+                report(benchmark(name, args.steps, args.warmup))
     print("\nFLOPs per training step on nnU-Net default-sized plans (3 pools, 512 anchors; meta tensors):")
     for name, (dim, features, patch, batch_size) in DEFAULT_SIZED_PLANS.items():
         network_flops, heads_flops = flops_on_meta(dim, features, patch, batch_size)
