@@ -12,6 +12,11 @@ Prints one line per case: parameters (M), wall and CPU seconds per train step (C
 steadier figure on a shared machine; on CUDA only wall time means anything), peak memory (CPU: resident set growth;
 CUDA: max allocated), their ratios to the U-Net of the same patch, and the wall seconds of one inference forward pass
 (one patch, no deep supervision, as nnUNetv2_predict runs it).
+
+Networks: ``sam_vit_b`` is EM-SAM's; ``vit_b`` is the network of nnUNetTrainerViT and of the timm, MAE and DINO
+trainers (same architecture, other weights); ``beit_b`` is BEiT's; the 3D ``vit_b`` cases are the inflated trainers'
+(``5 x 16 x 16`` tokens as in the BigNeuron paper, and ``16^3``). Run time on an idle 2-core CPU: about 5 to 10
+minutes for the default cases (eight subprocesses; the 64^3 cases are the slowest); the total is printed at the end.
 """
 from __future__ import annotations
 
@@ -128,6 +133,7 @@ def main() -> int:
     print(f"{'network':<10} {'patch':<14} {'batch':>5} {'params M':>9} {'s/step':>8} {'CPU s/step':>11} "
           f"{'peak MiB':>9} {'time x U-Net':>13} {'memory x U-Net':>15} {'forward s':>10}", flush=True)
     timing = "cpu_s" if args.device == "cpu" else "step_s"  # the ratio uses CPU time on CPU, wall time on GPU
+    started = time.perf_counter()
     for patch, tokens, cases in groups:
         reference = None
         for case in cases:
@@ -144,6 +150,8 @@ def main() -> int:
                   f"{r['step_s']:>8.3f} {r['cpu_s']:>11.3f} {r['peak_mib']:>9.0f} "
                   f"{r[timing] / reference[timing]:>13.2f} {r['peak_mib'] / max(reference['peak_mib'], 1):>15.2f} "
                   f"{r['forward_s']:>10.3f}", flush=True)
+    print(f"(ratios use {'CPU' if timing == 'cpu_s' else 'wall'} seconds per step; benchmark took "
+          f"{time.perf_counter() - started:.0f} s)")
     return 0
 
 

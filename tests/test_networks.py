@@ -52,6 +52,47 @@ def _timm_vit(config: dict, image_size: int = 64, seed: int = 0, **kwargs):
                                         **config, **kwargs), seed)
 
 
+def write_dino_checkpoint(path, config: dict, image_size: int = 224, seed: int = 0):
+    """A DINO training checkpoint (``teacher`` with ``module.backbone.`` keys, a projection head, ``args``)."""
+    source = _timm_vit(config, image_size, seed)
+    teacher = {f"module.backbone.{k}": v for k, v in source.state_dict().items()}
+    teacher["module.head.mlp.0.weight"] = torch.randn(8, config["embed_dim"])
+    torch.save({"teacher": teacher, "student": teacher, "epoch": 3, "args": argparse.Namespace(arch="vit_base")},
+               path)
+    return path, source
+
+
+def write_mae_checkpoint(path, config: dict, image_size: int = 224, seed: int = 0):
+    """MAE's release format: ``{"model": encoder + mask token + decoder}``."""
+    source = _timm_vit(config, image_size, seed)
+    mae = dict(source.state_dict(), mask_token=torch.randn(1, 1, 16), decoder_pos_embed=torch.randn(16, 32))
+    torch.save({"model": mae}, path)
+    return path, source
+
+
+def write_beit_checkpoint(path, config: dict, image_size: int = 64, seed: int = 0):
+    """A self-supervised BEiT checkpoint: one shared relative-position table, mask token and LM head."""
+    from timm.models.beit import Beit
+
+    source = _randomise(Beit(img_size=image_size, patch_size=16, num_classes=0, use_abs_pos_emb=False,
+                             use_shared_rel_pos_bias=True, init_values=0.1, **config), seed)
+    state = dict(source.state_dict(), mask_token=torch.randn(1, 1, config["embed_dim"]))
+    state["lm_head.weight"] = torch.randn(10, config["embed_dim"])
+    torch.save({"model": state}, path)
+    return path, source
+
+
+def write_timm_checkpoint(path, config: dict, image_size: int = 64, seed: int = 0):
+    """A timm state dict, as ``.safetensors`` or a plain ``.pth`` (after the suffix of ``path``)."""
+    source = _timm_vit(config, image_size, seed)
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import save_file
+        save_file(source.state_dict(), str(path))
+    else:
+        torch.save(source.state_dict(), path)
+    return path, source
+
+
 def _same_features(network: ViTUNETR, source, x: torch.Tensor) -> float:
     """Largest difference between the network's tapped features and the source model's same blocks."""
     with torch.no_grad():
@@ -160,10 +201,7 @@ def test_original_sam_checkpoint_loads_completely_and_reproduces_sam(tmp_path, s
 
 
 def test_timm_safetensors_and_grey_input_modes(tmp_path):
-    from safetensors.torch import save_file
-
-    source = _timm_vit(TINY, image_size=64)
-    save_file(source.state_dict(), str(tmp_path / "vit_tiny.safetensors"))
+    _, source = write_timm_checkpoint(tmp_path / "vit_tiny.safetensors", TINY, image_size=64)
     repeat = ViTUNETR(1, 2, (64, 64), backbone="vit_b", backbone_kwargs=TINY).eval()
     summed = ViTUNETR(1, 2, (64, 64), backbone="vit_b", backbone_kwargs=TINY, input_channel_mode="sum").eval()
     for network in (repeat, summed):
@@ -181,14 +219,8 @@ def test_timm_safetensors_and_grey_input_modes(tmp_path):
 
 
 def test_dino_training_checkpoint_and_mae_release(tmp_path):
-    source = _timm_vit(TINY, image_size=224)
-    teacher = {f"module.backbone.{k}": v for k, v in source.state_dict().items()}
-    teacher["module.head.mlp.0.weight"] = torch.randn(8, 32)
-    torch.save({"teacher": teacher, "student": teacher, "epoch": 3, "args": argparse.Namespace(arch="vit_base")},
-               tmp_path / "dino_checkpoint.pth")
-    mae = dict(source.state_dict(), mask_token=torch.randn(1, 1, 16), decoder_embed__weight=torch.randn(16, 32))
-    mae["decoder_pos_embed"] = mae.pop("decoder_embed__weight")
-    torch.save({"model": mae}, tmp_path / "mae_pretrain_vit_tiny.pth")
+    _, source = write_dino_checkpoint(tmp_path / "dino_checkpoint.pth", TINY, image_size=224)
+    write_mae_checkpoint(tmp_path / "mae_pretrain_vit_tiny.pth", TINY, image_size=224)  # same seed: same weights
 
     network = ViTUNETR(1, 2, (96, 64), backbone="vit_b", backbone_kwargs=TINY).eval()
     dino = load_pretrained_encoder(network, tmp_path / "dino_checkpoint.pth", source="dino", verbose=False)
@@ -202,19 +234,15 @@ def test_dino_training_checkpoint_and_mae_release(tmp_path):
         reference.patch_embed.img_size, reference.patch_embed.grid_size = (96, 64), (6, 4)
     assert _same_features(network, reference, torch.randn(1, 3, 96, 64)) < 1e-5
 
+    network = ViTUNETR(1, 2, (96, 64), backbone="vit_b", backbone_kwargs=TINY).eval()  # fresh weights
     mae_report = load_pretrained_encoder(network, tmp_path / "mae_pretrain_vit_tiny.pth", verbose=False)
     assert mae_report.source == "mae" and mae_report.initialised == []
     assert {"mask_token", "decoder_pos_embed"} <= set(mae_report.skipped)
+    assert _same_features(network, reference, torch.randn(1, 3, 96, 64)) < 1e-5
 
 
 def test_beit_self_supervised_checkpoint_with_shared_relative_positions(tmp_path):
-    from timm.models.beit import Beit
-
-    source = _randomise(Beit(img_size=64, patch_size=16, num_classes=0, use_abs_pos_emb=False,
-                             use_shared_rel_pos_bias=True, init_values=0.1, **TINY))
-    state = dict(source.state_dict(), mask_token=torch.randn(1, 1, 32))
-    state["lm_head.weight"] = torch.randn(10, 32)
-    torch.save({"model": state}, tmp_path / "beit_tiny_pt22k.pth")
+    _, source = write_beit_checkpoint(tmp_path / "beit_tiny_pt22k.pth", TINY)
     network = ViTUNETR(1, 2, (64, 64), backbone="beit_b", backbone_kwargs=TINY).eval()
     report = load_pretrained_encoder(network, tmp_path / "beit_tiny_pt22k.pth", verbose=False)
     assert report.source == "beit" and report.initialised == []

@@ -19,7 +19,6 @@ import torch
 pytestmark = pytest.mark.slow
 
 TRAINER = "nnUNetTrainerVCVRL_CPUSmoke"
-TUBES_DATASET_ID = 902
 
 
 def _relabel_as_plain_nnunet(model_folder, target_folder):
@@ -101,53 +100,17 @@ def test_vcvrl_trains_and_predicts_2d_phantoms(tiny_nnunet_dataset, tmp_path):
     _check_predictions_match_plain_network(model, ds.raw_folder / "imagesTs", predictions, tmp_path, ".png")
 
 
-def _tube_volume(rng, shape=(32, 32, 32), n_tubes=3, radius=2.0):
-    """Bright tubes (straight neurites) in noise, and their label."""
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).astype(np.float32)
-    label = np.zeros(shape, dtype=np.uint8)
-    for _ in range(n_tubes):
-        point = rng.uniform(6, np.array(shape) - 6)
-        direction = rng.normal(size=3)
-        direction /= np.linalg.norm(direction)
-        offset = grid - point
-        distance = np.linalg.norm(offset - (offset @ direction)[..., None] * direction, axis=-1)
-        label[distance < radius] = 1
-    image = 100 * label + rng.normal(20, 15, shape)
-    return image.astype(np.float32), label
-
-
-@pytest.fixture(scope="module")
-def tubes_dataset(tmp_path_factory):
-    """A tiny 3D dataset (five 32^3 volumes, one test volume), planned with 3D CPU plans (32^3 patches)."""
-    from nnunet_ext.dataset_conversion.nnunet_raw import NnUNetRawWriter
-    from nnunet_ext.nnunet_commands import cpu_environment, plan_and_preprocess_cpu
-
-    base = tmp_path_factory.mktemp("nnunet3d")
-    env = cpu_environment(base)
-    rng = np.random.default_rng(11)
-    with NnUNetRawWriter(env["nnUNet_raw"], TUBES_DATASET_ID, "Tubes", labels={"background": 0, "neurite": 1},
-                         channel_names={"0": "fluorescence"}, file_ending=".nii.gz",
-                         preprocessed_root=env["nnUNet_preprocessed"]) as writer:
-        for index in range(6):
-            image, label = _tube_volume(rng)
-            split = "validation" if index == 4 else "test" if index == 5 else "train"
-            writer.add_case(image, label, split=split, spacing=(1.0, 1.0, 1.0))
-        raw_folder = writer.finish()
-    plans = plan_and_preprocess_cpu(TUBES_DATASET_ID, env, "3d_fullres", patch_size=(32, 32, 32), batch_size=2,
-                                    features_per_stage=(4, 8, 16), log_file=base / "nnunet.log")
-    return base, env, raw_folder, plans
-
-
-def test_vcvrl_trains_and_predicts_3d(tubes_dataset, tmp_path):
+def test_vcvrl_trains_and_predicts_3d(tiny_tubes_dataset, tmp_path):
     from nnunet_ext.nnunet_commands import train
 
-    base, env, raw_folder, plans = tubes_dataset
-    train(TUBES_DATASET_ID, "3d_fullres", 0, TRAINER, env, plans=plans, log_file=base / "nnunet.log")
+    ds = tiny_tubes_dataset  # conftest.py: six 32^3 volumes of tubes, 3D CPU plans
+    base, env, raw_folder, plans = ds.base, ds.env, ds.raw_folder, ds.plans
+    train(ds.dataset_id, "3d_fullres", 0, TRAINER, env, plans=plans, log_file=base / "nnunet.log")
     model = base / "nnUNet_results" / raw_folder.name / f"{TRAINER}__{plans}__3d_fullres"
     _check_training_outputs(model / "fold_0", iterations=8)
     assert json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]["patch_size"] == [32] * 3
 
     predictions = tmp_path / "predictions"
-    _stock_predict(raw_folder / "imagesTs", predictions, TUBES_DATASET_ID, "3d_fullres", env, plans,
+    _stock_predict(raw_folder / "imagesTs", predictions, ds.dataset_id, "3d_fullres", env, plans,
                    base / "nnunet.log")
     _check_predictions_match_plain_network(model, raw_folder / "imagesTs", predictions, tmp_path, ".nii.gz")

@@ -34,6 +34,9 @@ def register_cli(subparsers) -> None:
                         help='overrides of the backbone size, e.g. \'{"embed_dim": 64, "depth": 4, "num_heads": 4}\'')
     parser.add_argument("--source-plans", default="nnUNetPlans", help="plans to derive from (default: nnUNetPlans)")
     parser.add_argument("--plans-name", help="name of the new plans (default: nnUNetPlans_<backbone>)")
+    parser.add_argument("--reuse-preprocessed", action="store_true",
+                        help="train on the data already preprocessed for --source-plans (same spacing and "
+                             "normalisation; only patch, batch and network change), so no nnUNetv2_preprocess run")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing plans file of that name")
     parser.set_defaults(func=_run_plans_vit)
 
@@ -45,10 +48,11 @@ def _run_plans_vit(args) -> int:
         raise ValueError(f"--backbone-kwargs must be a JSON object, got {args.backbone_kwargs!r}")
     path = write_vit_plans(args.dataset, args.configuration, args.backbone, args.patch_size, args.patch_embed_size,
                            args.batch_size, args.decoder_features, args.input_channels, args.backbone_kwargs,
-                           args.source_plans, args.plans_name, args.overwrite)
+                           args.source_plans, args.plans_name, args.overwrite, args.reuse_preprocessed)
     plans = args.plans_name or vit_plans_name(args.backbone)
     configuration = json.loads(path.read_text())["configurations"][args.configuration]
     print(f"Wrote {path}: {args.backbone}, patch {configuration['patch_size']}, batch {configuration['batch_size']}")
-    print(f"Next: nnUNetv2_preprocess -d {args.dataset} -plans_name {plans} -c {args.configuration}\n"
-          f"      nnUNetv2_train {args.dataset} {args.configuration} FOLD -p {plans} -tr TRAINER")
+    preprocess = "" if args.reuse_preprocessed else (
+        f"nnUNetv2_preprocess -d {args.dataset} -plans_name {plans} -c {args.configuration}\n      ")
+    print(f"Next: {preprocess}nnUNetv2_train {args.dataset} {args.configuration} FOLD -p {plans} -tr TRAINER")
     return 0

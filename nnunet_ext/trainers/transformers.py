@@ -4,9 +4,10 @@ All are thin nnU-Net trainers. The network comes from the plans (``nnunet-ext pl
 :class:`nnunet_ext.networks.unetr.ViTUNETR`), so ``nnUNetv2_predict`` rebuilds it without the trainer's help; the
 trainers add the AxonCallosumEM recipe (all parameters trained with SGD, linear warm-up then cosine decay) and read
 pretrained encoder weights from the local file that an environment variable names. Those weights are loaded once in
-:meth:`initialize`, before nnU-Net applies ``-pretrained_weights``, which keeps working and takes precedence; a
-training continued with ``--c`` takes its weights from its checkpoint and does not read the variable. Prediction
-never needs the file (the trained weights are in the nnU-Net checkpoint).
+:meth:`initialize`, before nnU-Net applies ``-pretrained_weights``, which keeps working and takes precedence (the
+variable may then be left unset: training refuses to start only when nothing loaded the encoder); a training
+continued with ``--c`` takes its weights from its checkpoint and does not read the variable, nor does
+``nnUNetv2_train --val``. Prediction never needs the file (the trained weights are in the nnU-Net checkpoint).
 
 Usage::
 
@@ -81,6 +82,8 @@ class nnUNetTrainerViT(nnUNetTrainer):
         resuming = bool(plans.get("continue_training", False))
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.resuming = resuming
+        # the patch embedding as initialised, kept while the release checkpoint is not loaded (variable unset)
+        self._encoder_at_initialisation: torch.Tensor | None = None
         self.initial_lr = 1e-2
         self.momentum = 0.9
         self.warmup_fraction = 0.05
@@ -107,11 +110,47 @@ class nnUNetTrainerViT(nnUNetTrainer):
             self.print_to_log_file("continuing a training: encoder weights come from its checkpoint, "
                                    f"{self.checkpoint_variable} is not read")
             return
+        if not os.environ.get(self.checkpoint_variable, "").strip():
+            # nnU-Net may still load every weight itself (-pretrained_weights, --val): decided in on_train_start
+            self._encoder_at_initialisation = self._patch_embedding().detach().clone()
+            return
         path = checkpoint_path_from_env(self.checkpoint_variable, self.checkpoint_description)
-        network = self.network.module if self.is_ddp else self.network
-        network = getattr(network, "_orig_mod", network)  # torch.compile wrapper
-        report = load_pretrained_encoder(network, path, self.checkpoint_source, self.inflation, verbose=False)
+        report = load_pretrained_encoder(self._plain_network(), path, self.checkpoint_source, self.inflation,
+                                         verbose=False)
         self.print_to_log_file(str(report))
+
+    def _plain_network(self):
+        network = self.network.module if self.is_ddp else self.network
+        return getattr(network, "_orig_mod", network)  # torch.compile wrapper
+
+    def _patch_embedding(self) -> torch.Tensor:
+        return self._plain_network().encoder.vit.patch_embed.proj.weight
+
+    def check_encoder_weights(self) -> None:
+        """Refuse to train a pretrained trainer whose encoder nothing loaded (its variable unset, no nnU-Net weights).
+
+        Raises
+        ------
+        FileNotFoundError
+            Naming the environment variable and the alternatives.
+        """
+        if self._encoder_at_initialisation is None:
+            return
+        if torch.equal(self._encoder_at_initialisation, self._patch_embedding().detach()):
+            raise FileNotFoundError(
+                f"environment variable {self.checkpoint_variable} is not set: {self.__class__.__name__} starts from "
+                f"{self.checkpoint_description}, e.g.\n    export {self.checkpoint_variable}=/path/to/checkpoint.pth\n"
+                f"(a local file, nothing is downloaded). To start from an nnU-Net checkpoint instead, pass "
+                f"nnUNetv2_train ... -pretrained_weights FILE; to train from scratch, use nnUNetTrainerViT.")
+        self.print_to_log_file(f"{self.checkpoint_variable} not set: encoder weights come from nnU-Net "
+                               f"(-pretrained_weights)")
+        self._encoder_at_initialisation = None
+
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        self.check_encoder_weights()  # after nnU-Net applied -pretrained_weights, before any data is loaded
+        super().on_train_start()
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, momentum=self.momentum,

@@ -62,7 +62,7 @@ def write_vit_plans(dataset: str | int, configuration: str = "2d", backbone: str
                     batch_size: int = DEFAULT_BATCH_SIZE, decoder_features: int = 16,
                     input_channel_mode: str = "repeat", backbone_kwargs: dict | None = None,
                     source_plans: str = "nnUNetPlans", target_plans: str | None = None,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, reuse_preprocessed: bool = False) -> Path:
     """Write a transformer plans variant of one configuration.
 
     Parameters
@@ -85,6 +85,10 @@ def write_vit_plans(dataset: str | int, configuration: str = "2d", backbone: str
         See :class:`~nnunet_ext.networks.unetr.ViTUNETR` (``backbone_kwargs`` e.g. a tiny test size).
     source_plans, target_plans, overwrite
         As :func:`~nnunet_ext.trainers.plans.derive_plans`; ``target_plans`` defaults to ``nnUNetPlans_<backbone>``.
+    reuse_preprocessed : bool
+        Keep the source configuration's ``data_identifier``, so training reads the data already preprocessed for
+        ``source_plans`` and ``nnUNetv2_preprocess`` need not run again. Safe because only the patch size, batch size
+        and network change, none of which enters preprocessing (spacing, normalisation and resampling are kept).
 
     Returns
     -------
@@ -95,6 +99,7 @@ def write_vit_plans(dataset: str | int, configuration: str = "2d", backbone: str
     from nnunet_ext.trainers.plans import derive_plans
 
     family, _ = backbone_config(backbone, backbone_kwargs)
+    source_identifiers = _source_data_identifiers(dataset, source_plans) if reuse_preprocessed else {}
 
     def edit(name: str, config: dict) -> None:
         dims = len(config["patch_size"])
@@ -116,9 +121,26 @@ def write_vit_plans(dataset: str | int, configuration: str = "2d", backbone: str
         config["batch_size"] = int(batch_size)
         config["architecture"] = vit_architecture(patch, backbone, tokens, decoder_features, input_channel_mode,
                                                   backbone_kwargs)
+        if reuse_preprocessed:
+            config["data_identifier"] = source_identifiers[name]
 
     return derive_plans(dataset, target_plans or vit_plans_name(backbone), edit, [configuration],
                         source_plans=source_plans, overwrite=overwrite)
+
+
+def _source_data_identifiers(dataset: str | int, source_plans: str) -> dict[str, str]:
+    """``data_identifier`` of each configuration of ``source_plans`` (``inherits_from`` resolved)."""
+    import json
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_ext.trainers.plans import preprocessed_dataset_folder
+
+    source_file = preprocessed_dataset_folder(dataset) / f"{source_plans}.json"
+    if not source_file.is_file():  # derive_plans says what to run
+        return {}
+    plans = PlansManager(json.loads(source_file.read_text()))
+    return {name: plans.get_configuration(name).data_identifier for name in plans.available_configurations}
 
 
 def check_vit_configuration(configuration_manager, trainer_name: str, families: Sequence[str] | None = None,
