@@ -15,7 +15,7 @@ import pytest
 
 from nnunet_ext.dataset_conversion.phantoms import generate_phantom
 from nnunet_ext.segmentation import slides
-from nnunet_ext.segmentation.predictor import ModelSpec, cached_predictor, predict_image
+from nnunet_ext.segmentation.predictor import ModelSpec, borrowed_predictor, cached_predictor, predict_image
 from nnunet_ext.segmentation.slides import (
     PARTIAL_SUFFIX,
     SlideSource,
@@ -71,6 +71,21 @@ def test_statistics_from_blocks_equal_the_whole_image():
     statistics = combine_statistics([block_statistics(image, c) for c in slides.block_grid(image.shape, 64)],
                                     image.shape)
     assert statistics.minimum == image[11:150, :160].min() > 0
+
+
+def test_statistics_of_8_bit_and_all_zero_blocks():
+    image = np.zeros((40, 50), np.uint8)
+    image[30:, 20:] = 255
+    image[35, 45] = 3
+    empty, full = block_statistics(image, (0, 20, 0, 50)), block_statistics(image, (20, 40, 0, 50))
+    assert empty == {"pixels": 1000, "zeros": 1000, "sum": 0, "squares": 0, "min_nonzero": None, "max": 0,
+                     "box": None}
+    values = image[20:40].astype(np.int64)
+    assert full["sum"] == values.sum() and full["squares"] == (values ** 2).sum()
+    assert (full["min_nonzero"], full["max"], full["box"]) == (3, 255, [30, 40, 20, 50])
+    statistics = combine_statistics([empty, full], image.shape)
+    assert statistics.nonzero_box == [[30, 40], [20, 50]] and statistics.minimum == 3
+    assert statistics.mean == pytest.approx(image[30:, 20:].mean(), rel=1e-15)
 
 
 def test_slide_sources_read_windows_like_the_whole_image(tmp_path):
@@ -213,3 +228,27 @@ def test_killed_run_resumes_and_skips_finished_blocks(spec, tmp_path, monkeypatc
     assert metadata["model"]["model_folder"] == str(Path(spec.model_folder).resolve())
     with pytest.raises(FileExistsError, match="overwrite"):
         segment_slide(tmp_path / "slide.tif", output, spec, block_size=64, progress=False)
+
+
+@pytest.mark.slow
+def test_blocks_in_flight_on_the_cpu_predict_with_their_own_model_copies(spec):
+    """Two threads borrowing at once get two predictors (so both cores predict); later borrowers reuse them."""
+    import threading
+
+    both_hold_one = threading.Barrier(2)
+    borrowed = []
+
+    def task():
+        with borrowed_predictor(spec) as predictor:
+            borrowed.append(predictor)
+            both_hold_one.wait(timeout=120)
+
+    threads = [threading.Thread(target=task) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(borrowed) == 2 and borrowed[0] is not borrowed[1]
+    assert cached_predictor(spec) in borrowed  # the loaded model is one of them: one extra load, not two
+    with borrowed_predictor(spec) as again:
+        assert any(again is predictor for predictor in borrowed)

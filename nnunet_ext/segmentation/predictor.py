@@ -191,23 +191,69 @@ def check_2d_model(predictor, model_folder: str | os.PathLike = "model") -> None
 
 
 _PREDICTORS: dict = {}
+_IDLE_COPIES: dict = {}  # spec -> predictors of that model not predicting now (see borrowed_predictor)
 _PREDICTORS_LOCK = threading.Lock()
 
 
-def cached_predictor(spec: ModelSpec):
-    """The predictor for ``spec`` in this process, loaded once (each Dask worker process loads the model once)."""
+def _cache_key(spec: ModelSpec) -> ModelSpec:
     model_folder, folds = resolve_model_folder(spec.model_folder, spec.folds, spec.checkpoint)
-    key = replace(spec, model_folder=model_folder, folds=folds)
+    return replace(spec, model_folder=model_folder, folds=folds, threads=None)
+
+
+def cached_predictor(spec: ModelSpec):
+    """The predictor for ``spec`` in this process, loaded once (each Dask worker process loads the model once).
+
+    ``spec.threads`` sets torch's threads but does not make another model: specs that differ only in threads share
+    the predictor.
+    """
+    key = _cache_key(spec)
     with _PREDICTORS_LOCK:
         if key not in _PREDICTORS:
             _PREDICTORS.clear()  # one model in memory at a time
-            _PREDICTORS[key] = load_predictor(key)
-        return _PREDICTORS[key]
+            _IDLE_COPIES.clear()
+            _PREDICTORS[key] = load_predictor(replace(key, threads=spec.threads))
+            _IDLE_COPIES[key] = [_PREDICTORS[key]]
+        predictor = _PREDICTORS[key]
+    if spec.threads and predictor.device.type == "cpu":
+        import torch
+
+        torch.set_num_threads(int(spec.threads))  # torch keeps the count per thread: set it in the caller's
+    return predictor
+
+
+@contextlib.contextmanager
+def borrowed_predictor(spec: ModelSpec):
+    """A predictor of ``spec`` for one task at a time, so that tasks in threads of one process predict at once.
+
+    On the CPU, a task that finds every loaded copy busy loads another one (once: copies are kept for later tasks),
+    so N threads predict N blocks in parallel, each with its own torch threads; that uses small cores far better than
+    one prediction spreading thin layers over all of them. On a GPU, tasks share one predictor and predict one after
+    the other (nnU-Net swaps fold weights into the one network it holds, so a predictor serves one task at a time).
+    """
+    shared = cached_predictor(spec)
+    key = _cache_key(spec)
+    if shared.device.type != "cpu":
+        with shared.lock:
+            yield shared
+        return
+    with _PREDICTORS_LOCK:
+        idle = _IDLE_COPIES.setdefault(key, [])
+        predictor = idle.pop() if idle else None
+    if predictor is None:
+        predictor = load_predictor(key)  # a copy for this thread: the model read once more, from the same files
+    try:
+        with predictor.lock:  # predict_image may use the shared copy from another thread
+            yield predictor
+    finally:
+        with _PREDICTORS_LOCK:
+            if _PREDICTORS.get(key) is not None:  # not if another model replaced this one meanwhile
+                _IDLE_COPIES.setdefault(key, []).append(predictor)
 
 
 def clear_predictor_cache() -> None:
     with _PREDICTORS_LOCK:
         _PREDICTORS.clear()
+        _IDLE_COPIES.clear()
 
 
 @dataclass
