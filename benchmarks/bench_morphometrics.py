@@ -2,12 +2,15 @@
 
 Prints, per image: axons, our time (wall and CPU, best of --repeats), time per axon, the ratio to one
 ``scipy.ndimage.label`` pass on the same mask (the floor for this work), and with --replica the time of ADS's
-algorithm written with scikit-image (``nnunet_ext.morphometrics.reference``) plus whether every value agrees.
+algorithm written with scikit-image (``nnunet_ext.morphometrics.reference``) plus whether every value agrees; with
+--stages the CPU time of each stage run one after the other (best of --repeats), to see where the time goes.
 AxonDeepSeg 5.5 itself took 8.6 s on sub-rat5 and about 22 s for all ten images on an idle 2-core machine of this
 class (``../shared/data/README.md``); with --ads-python a Python that has ``axondeepseg`` installed (its own
 virtual environment; never a project dependency) is timed on the same masks in a subprocess.
 
-    python benchmarks/bench_morphometrics.py [--replica] [--repeats 5] [--ads-python /path/to/ads-venv/bin/python]
+    python benchmarks/bench_morphometrics.py [--replica] [--stages] [--repeats 5] [--ads-python /path/to/ads/python]
+
+Takes about 15 s with the defaults on an idle 2-core machine (plus about a minute with --replica).
 """
 from __future__ import annotations
 
@@ -67,12 +70,44 @@ def agreement(ours, reference) -> str:
     return f"{bad.sum()} rows differ ({(bad & reseeded).sum()} reseeded on purpose)"
 
 
+def stage_times(axon, myelin, repeats) -> dict:
+    """CPU seconds of each stage of ``axon_morphometrics``, run one after the other in this thread (best of N)."""
+    from nnunet_ext.morphometrics import _kernels
+    from nnunet_ext.morphometrics.axon import _shape_properties, fibre_labels, prepare_masks
+
+    weights = _kernels._PERIMETER_WEIGHTS
+    axon, myelin = prepare_masks(axon, myelin)
+    times = {}
+
+    def run(name, function, *args):
+        best, result = float("inf"), None
+        for _ in range(repeats):
+            start = time.process_time()
+            result = function(*args)
+            best = min(best, time.process_time() - start)
+        times[name] = best
+        return result
+
+    labels, n = run("label", lambda: ndi.label(axon, structure=np.ones((3, 3), bool), output=np.int32))
+    count, bbox, sums, mu, exact, exact_ok, _ = run("axon moments", _kernels.label_stats, labels, n, 0, 0)
+    run("axon shape", _shape_properties, count, mu, exact, exact_ok)
+    run("axon hulls", _kernels.label_convex_area, labels, n, bbox, 0, 0)
+    run("axon perimeter", _kernels.label_perimeter, labels, n, weights)
+    components = run("mask components", _kernels.mask_components, axon, myelin)
+    fibres, _ = run("fibre assignment", fibre_labels, axon, myelin, labels, sums[1:] / count[1:, None], None, bbox,
+                    components)
+    run("fibre moments", _kernels.label_stats, fibres, n, 0, 0)
+    run("fibre perimeter", _kernels.label_perimeter, fibres, n, weights)
+    return times
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--replica", action="store_true", help="also time and compare the scikit-image replica")
     parser.add_argument("--ads-python", default=None, help="python of a virtual environment with axondeepseg")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stages", action="store_true", help="also print the CPU time of every stage")
     args = parser.parse_args(argv)
     root = DATA / "ads_sem"
     if not root.is_dir():
@@ -107,6 +142,16 @@ def main(argv=None) -> int:
           f"{1e6 * totals['ours'] / totals['axons']:8.1f} {1e3 * totals['label']:8.1f} "
           f"{totals['ours'] / totals['label']:7.1f}" +
           (f"  {totals['replica']:9.2f} {totals['replica'] / totals['ours']:8.1f}" if args.replica else ""))
+    if args.stages:
+        rows = {item.name: stage_times(*load_masks(item), args.repeats) for item in items}
+        names = list(next(iter(rows.values())))
+        print("CPU ms per stage, one after the other (the rest of a run is building the table; with 2 threads the "
+              "mask components, perimeters and hulls run beside the labelling, the moments and the fibre "
+              "assignment):")
+        print(f"{'image':34s} " + " ".join(f"{name:>16s}" for name in names) + f" {'sum':>7s}")
+        for name, row in [*rows.items(), ("all ten", {k: sum(r[k] for r in rows.values()) for k in names})]:
+            print(f"{name:34s} " + " ".join(f"{1e3 * row[k]:16.1f}" for k in names) +
+                  f" {1e3 * sum(row.values()):7.1f}")
     rat5 = next(i for i in items if i.name.startswith("sub-rat5"))
     axon, myelin = load_masks(rat5)
     rat5_wall, _, _ = best_time(lambda: axon_morphometrics(axon, myelin, rat5.pixel_size_um, threads=args.threads),

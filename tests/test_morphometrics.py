@@ -336,6 +336,66 @@ def test_kernels_match_scipy_and_skimage():
         np.testing.assert_array_equal(ours, theirs)
 
 
+def test_fibre_flood_equals_full_priority_flood():
+    """The fill + per-component flood gives the full-image priority flood's labels, pixel for pixel.
+
+    Random fibres that touch through their myelin (components with several seeds), axons joined only diagonally
+    (one axon split over two mask components), seeds of equal depth, a seed on myelin-free axons, odd widths.
+    """
+    from nnunet_ext.morphometrics.axon import fibre_labels
+
+    rng = np.random.default_rng(11)
+    shared_components = 0
+    for trial in range(30):
+        shape = (int(rng.integers(1, 90)), int(rng.integers(1, 110))) if trial % 3 else (90, 107)
+        axon, myelin = synthetic_fibres(shape, n=int(rng.integers(1, 60)), seed=trial)
+        if trial % 4 == 1:  # diagonal-only joins and stray myelin
+            axon[::7, ::5] = True
+            myelin |= rng.random(shape) < 0.05
+            myelin &= ~axon
+        labels, n = ndi.label(axon, structure=np.ones((3, 3)), output=np.int32)
+        if n == 0:
+            continue
+        count, bbox, sums = _kernels.label_stats(labels, n, 0, 0)[:3]
+        centroids = sums[1:] / count[1:, None]
+        depth = _kernels.squared_edt(axon)
+        ours, reseeded = fibre_labels(axon, myelin, labels, centroids, bbox=bbox)
+        with_depth, _ = fibre_labels(axon, myelin, labels, centroids, squared_distance=depth, bbox=bbox)
+        # the full-image flood from the same seeds
+        rows = np.floor(centroids[:, 0]).astype(np.int64)
+        cols = np.floor(centroids[:, 1]).astype(np.int64)
+        if reseeded.any():
+            wanted = np.flatnonzero(reseeded) + 1
+            rows[reseeded], cols[reseeded] = _kernels.deepest_pixels(labels, depth, wanted, bbox).T
+        flat = rows * shape[1] + cols
+        order = np.argsort(flat)
+        full = _kernels.seeded_watershed(depth, axon | myelin, flat[order], np.arange(1, n + 1, dtype=np.int32)[order])
+        np.testing.assert_array_equal(ours, full)
+        np.testing.assert_array_equal(with_depth, full)
+        components, m = _kernels.mask_components(axon, myelin)
+        expected, expected_m = ndi.label(axon | myelin)
+        np.testing.assert_array_equal(components, expected)  # the same numbering as SciPy's
+        assert m == expected_m
+        components, n_components = ndi.label(axon | myelin)
+        shared_components += int((np.bincount(components[rows, cols], minlength=n_components + 1)[1:] > 1).sum())
+    assert shared_components > 20  # the per-component flood was exercised
+    # a comb: one fill pushes a run start per tooth, one touching component spans the whole width
+    myelin = np.zeros((3, 20001), bool)
+    myelin[0] = True
+    myelin[1:, ::2] = True
+    axon = np.zeros_like(myelin)
+    axon[0, 100:103] = True
+    axon[0, 15000] = True
+    myelin &= ~axon
+    seeds = np.array([101, 15000], np.int64)
+    labels = np.array([1, 2], np.int32)
+    components = _kernels.mask_components(axon, myelin)
+    assert components[1] == 1 and (components[0] == 1).sum() == (axon | myelin).sum()
+    np.testing.assert_array_equal(
+        _kernels.fibres_from_components(*components, axon, seeds, labels, np.zeros((0, 0), np.int32)),
+        _kernels.seeded_watershed(_kernels.squared_edt(axon), axon | myelin, seeds, labels))
+
+
 def test_mtneuro_semantic_features():
     from nnunet_ext.morphometrics.mtneuro import MTNEURO_COLUMNS, semantic_features
 

@@ -201,3 +201,61 @@ def test_help_lists_the_command(capsys):
     with pytest.raises(SystemExit):
         main(["morphometrics", "--help"])
     assert "--pixel-size" in capsys.readouterr().out
+
+
+def test_mtneuro_semantic_features_cli(tmp_path, capsys):
+    import SimpleITK as sitk
+    import tifffile
+
+    from nnunet_ext.morphometrics.mtneuro import MTNEURO_COLUMNS, MTNEURO_CSV, semantic_features
+
+    rng = np.random.default_rng(5)
+    stack = rng.choice(4, size=(3, 40, 50), p=[0.6, 0.1, 0.1, 0.2]).astype(np.uint8)
+    stack[2][stack[2] == 2] = 0  # a slice without cells
+    stack[2, 10, 10] = 2
+    plane = np.zeros((30, 30), np.uint8)
+    plane[0:3, 0:10] = 1  # vessel 30 px
+    plane[5:8, 5:8] = 2  # cell of 9 px, centroid (6, 6)
+    plane[20, 26] = 2  # cell of 1 px, centroid (20, 26)
+    plane[12:14, :] = 3  # axon 60 px
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    tifffile.imwrite(folder / "volume.tif", stack, photometric="minisblack")
+    Image.fromarray(plane).save(folder / "slice_000.png")
+    sitk.WriteImage(sitk.GetImageFromArray(stack), str(folder / "volume_nii.nii.gz"))
+    (folder / "notes.txt").write_text("not a label map")
+    out = tmp_path / "out"
+    assert run(folder, "-o", out, "--mtneuro", "--pixel-size", 0.5) == 0
+    assert "3 label map(s), 7 slice(s)" in capsys.readouterr().out
+    table = pd.read_csv(out / MTNEURO_CSV)
+    assert list(table.columns) == ["image", "pixel_size_um", *MTNEURO_COLUMNS]
+    assert table["image"].tolist() == ["slice_000"] + ["volume"] * 3 + ["volume_nii"] * 3
+    first = table.iloc[0]
+    assert first["vessel_fraction"] == pytest.approx(30 / 900) and first["axon_fraction"] == pytest.approx(60 / 900)
+    assert first["cell_count"] == 2 and first["mean_cell_size (px)"] == pytest.approx(5)
+    assert first["mean_cell_nn_distance (um)"] == pytest.approx(np.hypot(14, 20) * 0.5)
+    expected = semantic_features(stack, pixel_size_um=0.5)
+    for image in ("volume", "volume_nii"):
+        rows = table[table["image"] == image].reset_index(drop=True)
+        for column in MTNEURO_COLUMNS[:-1]:
+            np.testing.assert_allclose(rows[column], expected[column], rtol=1e-12, err_msg=column)
+    assert "fewer than two cells" in table.iloc[3]["note"]
+    # 4-connected cells, custom labels, no pixel size (um columns NaN), refusal to overwrite, bad input
+    assert run(folder / "volume.tif", "-o", out, "--mtneuro", "--cell-connectivity", 4, "--overwrite") == 0
+    table = pd.read_csv(out / MTNEURO_CSV)
+    expected = semantic_features(stack, connectivity=1)
+    np.testing.assert_array_equal(table["cell_count"], expected["cell_count"])
+    assert table["mean_cell_size (um^2)"].isna().all() and table["mean_cell_size (px)"].notna().all()
+    assert run(folder / "volume.tif", "-o", out, "--mtneuro") == 1
+    assert "already exists" in capsys.readouterr().err
+    np.save(tmp_path / "float.npy", np.full((4, 4), 0.5))
+    assert run(tmp_path / "float.npy", "-o", tmp_path / "bad", "--mtneuro") == 1
+    assert "float.npy: label map holds non-integer values" in capsys.readouterr().err
+    assert run(folder, "-o", tmp_path / "bad", "--mtneuro", "--maps") == 1
+    assert "--maps: not available with --mtneuro" in capsys.readouterr().err
+
+
+def test_image_name_is_for_slides_only(predictions, tmp_path, capsys):
+    assert run(predictions, "-o", tmp_path / "out", "--image-name", "x") == 1
+    assert "--image-name names a whole slide" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

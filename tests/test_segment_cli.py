@@ -140,4 +140,4 @@ def test_large_image_goes_block_wise_with_slide_morphometrics(smoke_trained_mode
     overview = np.array(Image.open(out / "large_seg-overview.png"))
     np.testing.assert_array_equal(overview, np.select([labels == 2, labels == 1], [255, 127], 0))
     per_axon = pd.read_csv(out / "morphometrics" / "large" / "axon_morphometrics.csv")
-    assert len(per_axon) > 0 and (per_axon["image"] == "large_seg").all()  # run_slide names it after the Zarr
+    assert len(per_axon) > 0 and (per_axon["image"] == "large").all()  # run_slide names it after the input image

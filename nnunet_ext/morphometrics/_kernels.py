@@ -11,6 +11,9 @@ over the label image, and reproduces scikit-image's definitions exactly (same pi
   ``scipy.ndimage.distance_transform_edt(mask) ** 2`` as integers.
 - ``seeded_watershed``: ``skimage.segmentation.watershed(-edt, markers, mask=mask)`` (4-connectivity), with the
   heap replaced by a bucket queue: pixels leave in the same (value, insertion age) order.
+- ``mask_components`` + ``fibres_from_components``: ``seeded_watershed`` of the whole image, from the mask's
+  components (a scanline fill): a component holding one seed is that seed's; ``seeded_watershed`` runs only on
+  the components that hold several (touching fibres).
 
 All kernels are compiled on first use and cached on disk (``cache=True``); ``nogil=True`` lets two of them run in
 parallel threads.
@@ -65,23 +68,10 @@ def label_stats(labels, n_labels, row_offset, col_offset):
     bbox[:, 1] = width
     bbox[:, 2] = -1
     bbox[:, 3] = -1
-    for r in range(height):
-        for c in range(width):
-            lab = labels[r, c]
-            if lab <= 0:
-                continue
-            if count[lab] == 0:
-                first[lab] = r * width + c
-            count[lab] += 1
-            if r < bbox[lab, 0]:
-                bbox[lab, 0] = r
-            if c < bbox[lab, 1]:
-                bbox[lab, 1] = c
-            if r > bbox[lab, 2]:
-                bbox[lab, 2] = r
-            if c > bbox[lab, 3]:
-                bbox[lab, 3] = c
-    # Second pass in bounding-box-local coordinates keeps the integer sums small (exact in int64).
+    # One pass; coordinates relative to each label's first pixel keep the integer power sums small (exact in
+    # int64), and central moments do not depend on the origin.
+    origin_r = np.zeros(n_labels + 1, np.int64)
+    origin_c = np.zeros(n_labels + 1, np.int64)
     s_r = np.zeros(n_labels + 1, np.int64)
     s_c = np.zeros(n_labels + 1, np.int64)
     s_rr = np.zeros(n_labels + 1, np.int64)
@@ -92,8 +82,19 @@ def label_stats(labels, n_labels, row_offset, col_offset):
             lab = labels[r, c]
             if lab <= 0:
                 continue
-            lr = r - bbox[lab, 0]
-            lc = c - bbox[lab, 1]
+            if count[lab] == 0:
+                first[lab] = r * width + c
+                origin_r[lab] = r
+                origin_c[lab] = c
+                bbox[lab, 0] = r
+            count[lab] += 1
+            if c < bbox[lab, 1]:
+                bbox[lab, 1] = c
+            bbox[lab, 2] = r  # rows come in order
+            if c > bbox[lab, 3]:
+                bbox[lab, 3] = c
+            lr = r - origin_r[lab]
+            lc = c - origin_c[lab]
             s_r[lab] += lr
             s_c[lab] += lc
             s_rr[lab] += lr * lr
@@ -108,8 +109,8 @@ def label_stats(labels, n_labels, row_offset, col_offset):
         n = count[lab]
         if n == 0:
             continue
-        sums[lab, 0] = s_r[lab] + n * (bbox[lab, 0] + row_offset)
-        sums[lab, 1] = s_c[lab] + n * (bbox[lab, 1] + col_offset)
+        sums[lab, 0] = s_r[lab] + n * (origin_r[lab] + row_offset)
+        sums[lab, 1] = s_c[lab] + n * (origin_c[lab] + col_offset)
         fn = float(n)
         # count * mu = n * S_xx - S_x ** 2, exact in int64 while it cannot overflow
         big = fn * max(float(s_rr[lab]), float(s_cc[lab]), float(abs(s_rc[lab])))
@@ -149,13 +150,21 @@ def label_perimeter(labels, n_labels, weights):
     height, width = labels.shape
     border = np.zeros((height, width), np.uint8)
     for r in range(height):
-        for c in range(width):
-            lab = labels[r, c]
-            if lab <= 0:
-                continue
-            if (r == 0 or c == 0 or r == height - 1 or c == width - 1 or labels[r - 1, c] != lab
-                    or labels[r + 1, c] != lab or labels[r, c - 1] != lab or labels[r, c + 1] != lab):
+        up = max(r - 1, 0)
+        down = min(r + 1, height - 1)
+        edge_row = r == 0 or r == height - 1
+        for c in (0, width - 1):  # the array's edge counts as outside
+            if labels[r, c] > 0:
                 border[r, c] = 1
+        if edge_row:
+            for c in range(width):
+                if labels[r, c] > 0:
+                    border[r, c] = 1
+        # branch-free interior test, so that the compiler can vectorise it
+        for c in range(1, width - 1):
+            lab = labels[r, c]
+            border[r, c] |= (lab > 0) & ((labels[up, c] != lab) | (labels[down, c] != lab)
+                                         | (labels[r, c - 1] != lab) | (labels[r, c + 1] != lab))
     perimeter = np.zeros(n_labels + 1, np.float64)
     for r in range(height):
         for c in range(width):
@@ -517,3 +526,200 @@ def seeded_watershed(depth, mask, seed_index, seed_label):
             out[r, c] = v if v > 0 else 0
     return out
 
+
+
+@njit(cache=True, nogil=True)
+def _edt_window(axon, r0, r1, c0, c1):
+    """``squared_edt(axon)[r0:r1, c0:c1]`` computed from that window alone.
+
+    Exact when the window holds, for every pixel that is read, its nearest zero pixel: true for the pixels of an
+    axon when the window covers the axon's bounding box grown by one pixel (the nearest zero pixel is 4-adjacent
+    to a pixel of the disc of axon pixels around the measured one), or the window touches the image's edge there.
+    """
+    return squared_edt(np.ascontiguousarray(axon[r0:r1, c0:c1]))
+
+
+@njit(cache=True, nogil=True)
+def mask_components(axon, myelin):
+    """4-connected components of ``axon | myelin``, numbered 1..m in raster order of their first pixel.
+
+    A scanline fill from every pixel not reached yet (the same numbering as ``scipy.ndimage.label``); it needs no
+    seeds, so it runs while the axons are measured.
+
+    Returns
+    -------
+    components : (H, W) int32
+        0 outside the mask.
+    m : int
+        Number of components.
+    """
+    height, width = axon.shape
+    components = np.zeros((height, width), np.int32)
+    # free: in the mask and not reached yet (one byte to read instead of the label and two masks)
+    free = np.empty((height, width), np.uint8)
+    for r in range(height):
+        for c in range(width):
+            free[r, c] = axon[r, c] | myelin[r, c]
+    # A pixel is pushed at most once from the run above it and once from the run below, so 2 H W entries always
+    # suffice; the pages beyond the deepest the stack gets are never touched. (A growing stack, reassigned in
+    # the loop, made the fill twice as slow.)
+    stack_r = np.empty(2 * height * width + 1, np.int32)
+    stack_c = np.empty(2 * height * width + 1, np.int32)
+    m = 0
+    for r0 in range(height):
+        for c0 in range(width):
+            if free[r0, c0] == 0:
+                continue
+            m += 1
+            stack_r[0] = r0
+            stack_c[0] = c0
+            top = 1
+            while top > 0:
+                top -= 1
+                r = stack_r[top]
+                c = stack_c[top]
+                if free[r, c] == 0:
+                    continue
+                left = c
+                while left > 0 and free[r, left - 1]:
+                    left -= 1
+                right = c
+                while right + 1 < width and free[r, right + 1]:
+                    right += 1
+                for x in range(left, right + 1):
+                    components[r, x] = m
+                    free[r, x] = 0
+                for nr in (r - 1, r + 1):
+                    if nr < 0 or nr >= height:
+                        continue
+                    previous = 0
+                    for x in range(left, right + 1):  # push the first pixel of every free run
+                        f = free[nr, x]
+                        if f > previous:
+                            stack_r[top] = nr
+                            stack_c[top] = x
+                            top += 1
+                        previous = f
+    return components, m
+
+
+@njit(cache=True, nogil=True)
+def fibres_from_components(components, m, axon, seed_index, seed_label, depth):
+    """``seeded_watershed(squared_edt(axon), axon | myelin, seed_index, seed_label)``, from the mask's components.
+
+    The priority flood's result on one 4-connected component of the mask depends only on that component (pops
+    are ordered by (cost, age), a component's pixels are only ever queued by its own pixels, and seeds of equal
+    depth keep raster order). A component holding one seed is therefore entirely that seed's, whatever the
+    order; a component without a seed stays 0. Only components holding two or more seeds (touching fibres: a few
+    percent of the pixels) are flooded with :func:`seeded_watershed`, on the component's bounding box grown by
+    one pixel, with the distance map computed on that window alone (see :func:`_edt_window`).
+
+    Parameters
+    ----------
+    components, m
+        :func:`mask_components` of the masks.
+    axon : (H, W) bool
+    seed_index : (k,) int64
+        Raveled seed positions, ascending; seeds outside the mask are ignored, as by ``seeded_watershed``.
+    seed_label : (k,) int32
+        Positive.
+    depth : (H, W) int32 or (0, 0)
+        ``squared_edt(axon)`` when already computed; an empty array to compute it per window.
+
+    Returns
+    -------
+    (H, W) int32 labels, 0 where no seed reaches.
+    """
+    height, width = components.shape
+    k = seed_index.shape[0]
+    count = np.zeros(m + 1, np.int64)
+    component_of = np.zeros(k, np.int64)
+    for i in range(k):
+        j = components[seed_index[i] // width, seed_index[i] % width]
+        component_of[i] = j
+        count[j] += 1
+    lookup = np.zeros(m + 1, np.int32)
+    for i in range(k):
+        j = component_of[i]
+        if j > 0 and count[j] == 1:
+            lookup[j] = seed_label[i]
+    # one pass: the fibre of every one-seed component, and the bounding boxes of the shared ones
+    boxes = np.empty((m + 1, 4), np.int64)
+    boxes[:, 0] = height
+    boxes[:, 1] = -1
+    boxes[:, 2] = width
+    boxes[:, 3] = -1
+    out = np.empty((height, width), np.int32)
+    for r in range(height):
+        for c in range(width):
+            j = components[r, c]
+            out[r, c] = lookup[j]
+            if count[j] > 1 and j > 0:
+                boxes[j, 0] = min(boxes[j, 0], r)
+                boxes[j, 1] = max(boxes[j, 1], r + 1)
+                boxes[j, 2] = min(boxes[j, 2], c)
+                boxes[j, 3] = max(boxes[j, 3], c + 1)
+    # seeds of the shared components grouped by component, each group in the seeds' (raster) order
+    start = np.zeros(m + 2, np.int64)
+    for j in range(1, m + 1):
+        start[j + 1] = start[j] + (count[j] if count[j] > 1 else 0)
+    grouped = np.empty(start[m + 1], np.int64)
+    filled = start.copy()
+    for i in range(k):
+        j = component_of[i]
+        if j > 0 and count[j] > 1:
+            grouped[filled[j]] = i
+            filled[j] += 1
+    have_depth = depth.shape[0] == height and depth.shape[1] == width
+    for j in range(1, m + 1):
+        if count[j] < 2:
+            continue
+        r0 = max(boxes[j, 0] - 1, 0)
+        r1 = min(boxes[j, 1] + 1, height)
+        c0 = max(boxes[j, 2] - 1, 0)
+        c1 = min(boxes[j, 3] + 1, width)
+        if have_depth:
+            local_depth = np.ascontiguousarray(depth[r0:r1, c0:c1])
+        else:
+            local_depth = _edt_window(axon, r0, r1, c0, c1)
+        local_mask = np.empty((r1 - r0, c1 - c0), np.bool_)
+        for r in range(r0, r1):
+            for c in range(c0, c1):
+                local_mask[r - r0, c - c0] = components[r, c] == j
+        n_seeds = start[j + 1] - start[j]
+        local_index = np.empty(n_seeds, np.int64)
+        local_label = np.empty(n_seeds, np.int32)
+        for s in range(n_seeds):  # raster order is kept: seeds are ascending and the window is a sub-rectangle
+            i = grouped[start[j] + s]
+            r = seed_index[i] // width
+            c = seed_index[i] - r * width
+            local_index[s] = (r - r0) * (c1 - c0) + (c - c0)
+            local_label[s] = seed_label[i]
+        flooded = seeded_watershed(local_depth, local_mask, local_index, local_label)
+        for r in range(r0, r1):
+            for c in range(c0, c1):
+                if local_mask[r - r0, c - c0]:
+                    out[r, c] = flooded[r - r0, c - c0]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def deepest_axon_pixels(labels, axon, wanted, bbox):
+    """:func:`deepest_pixels` with the distance map computed on each axon's bounding box grown by one pixel."""
+    height, width = labels.shape
+    out = np.empty((wanted.shape[0], 2), np.int64)
+    for i in range(wanted.shape[0]):
+        lab = wanted[i]
+        r0 = max(bbox[lab, 0] - 1, 0)
+        r1 = min(bbox[lab, 2] + 1, height)
+        c0 = max(bbox[lab, 1] - 1, 0)
+        c1 = min(bbox[lab, 3] + 1, width)
+        depth = _edt_window(axon, r0, r1, c0, c1)
+        best = -1
+        for r in range(bbox[lab, 0], bbox[lab, 2]):
+            for c in range(bbox[lab, 1], bbox[lab, 3]):
+                if labels[r, c] == lab and depth[r - r0, c - c0] > best:
+                    best = depth[r - r0, c - c0]
+                    out[i, 0] = r
+                    out[i, 1] = c
+    return out

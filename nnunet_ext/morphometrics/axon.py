@@ -169,21 +169,28 @@ def _shape_properties(count, mu, mu_exact, mu_exact_ok):
     return orientation, eccentricity, 4 * np.sqrt(l1), 4 * np.sqrt(l2)
 
 
-def _region_table(labels, n_labels, with_convex_area, pool=None):
-    perimeter_job = pool.submit(_kernels.label_perimeter, labels, n_labels, _kernels._PERIMETER_WEIGHTS) \
-        if pool is not None else None
+def _region_table(labels, n_labels, pool, with_convex_area):
+    """Region properties of labels 1..n_labels; the perimeters (and convex areas) run in ``pool``'s thread, as
+    futures that :func:`_finish` resolves."""
+    perimeter = pool.submit(_kernels.label_perimeter, labels, n_labels, _kernels._PERIMETER_WEIGHTS)
     count, bbox, sums, mu, mu_exact, mu_exact_ok, first = _kernels.label_stats(labels, n_labels, 0, 0)
+    convex = pool.submit(_kernels.label_convex_area, labels, n_labels, bbox, 0, 0) if with_convex_area else None
     orientation, eccentricity, major, minor = _shape_properties(count, mu, mu_exact, mu_exact_ok)
-    convex = _kernels.label_convex_area(labels, n_labels, bbox, 0, 0) if with_convex_area else None
-    perimeter = perimeter_job.result() if perimeter_job is not None else \
-        _kernels.label_perimeter(labels, n_labels, _kernels._PERIMETER_WEIGHTS)
     return dict(count=count, bbox=bbox, sums=sums, perimeter=perimeter, orientation=orientation,
                 eccentricity=eccentricity, major=major, minor=minor, convex=convex, first=first)
 
 
+def _finish(table):
+    """Wait for the parts of a ``_region_table`` still running in the pool."""
+    for key in ("perimeter", "convex"):
+        if isinstance(table[key], Future):
+            table[key] = table[key].result()
+    return table
+
+
 def fibre_labels(axon: np.ndarray, myelin: np.ndarray, axon_labels: np.ndarray, centroids: np.ndarray,
-                 squared_distance: np.ndarray | None = None, bbox: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 squared_distance: np.ndarray | None = None, bbox: np.ndarray | None = None,
+                 components: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Assign axon+myelin pixels to axons, as ADS's watershed (label i = fibre of axon i).
 
     Parameters
@@ -194,9 +201,12 @@ def fibre_labels(axon: np.ndarray, myelin: np.ndarray, axon_labels: np.ndarray, 
     centroids : (n, 2) float
         Axon centroids (row, col).
     squared_distance : (H, W) int32, optional
-        Squared EDT of ``axon`` (computed when not given).
+        Squared EDT of ``axon``. When not given it is computed only where it matters: on the windows of the mask
+        components that hold several axons, and of the axons to reseed.
     bbox : (n+1, 4) int64, optional
         Axon bounding boxes (``_kernels.label_stats``), computed when needed and not given.
+    components : tuple, optional
+        ``_kernels.mask_components(axon, myelin)`` (computed when not given).
 
     Returns
     -------
@@ -205,8 +215,6 @@ def fibre_labels(axon: np.ndarray, myelin: np.ndarray, axon_labels: np.ndarray, 
         Axons whose centroid pixel is not one of their own pixels, seeded at their innermost pixel instead.
     """
     n = centroids.shape[0]
-    if squared_distance is None:
-        squared_distance = _kernels.squared_edt(axon)
     seed_rows = np.floor(centroids[:, 0]).astype(np.int64)  # int() of a non-negative float, as ADS
     seed_cols = np.floor(centroids[:, 1]).astype(np.int64)
     ids = np.arange(1, n + 1, dtype=np.int32)
@@ -214,12 +222,20 @@ def fibre_labels(axon: np.ndarray, myelin: np.ndarray, axon_labels: np.ndarray, 
     if np.any(reseeded):
         if bbox is None:
             bbox = _kernels.label_stats(axon_labels, n, 0, 0)[1]
-        positions = _kernels.deepest_pixels(axon_labels, squared_distance, ids[reseeded].astype(np.int64), bbox)
+        wanted = ids[reseeded].astype(np.int64)
+        if squared_distance is None:
+            positions = _kernels.deepest_axon_pixels(axon_labels, axon, wanted, bbox)
+        else:
+            positions = _kernels.deepest_pixels(axon_labels, squared_distance, wanted, bbox)
         seed_rows[reseeded] = positions[:, 0]
         seed_cols[reseeded] = positions[:, 1]
     flat = seed_rows * axon.shape[1] + seed_cols
     order = np.argsort(flat, kind="stable")
-    fibres = _kernels.seeded_watershed(squared_distance, axon | myelin, flat[order], ids[order])
+    if components is None:
+        components = _kernels.mask_components(axon, myelin)
+    # the distance map is only needed where fibres touch: the kernel computes it there when not given
+    depth = squared_distance if squared_distance is not None else np.zeros((0, 0), np.int32)
+    fibres = _kernels.fibres_from_components(*components, axon, flat[order], ids[order], depth)
     return fibres, reseeded
 
 
@@ -269,15 +285,20 @@ def measure_axons(axon_mask, myelin_mask, pixel_size_um, axon_shape: str = "circ
     pixel_size = check_pixel_size(pixel_size_um)
     axon, myelin = prepare_masks(axon_mask, myelin_mask)
     with ThreadPoolExecutor(max_workers=1) if threads > 1 else _InlineExecutor() as pool:
-        # the compiled kernels release the GIL: the distance map runs beside labelling and axon measurements
-        distance_job = pool.submit(_kernels.squared_edt, axon)
+        # The compiled kernels release the GIL. The pool's thread finds the mask's components (they need no
+        # seeds), measures the axons' perimeters and convex hulls, then the fibres' perimeters, while this thread
+        # labels the axons, takes their moments, assigns the components to them and takes the fibres' moments.
+        components = pool.submit(_kernels.mask_components, axon, myelin)
         axon_labels, n = ndi.label(axon, structure=np.ones((3, 3), dtype=bool), output=np.int32)
         if n == 0:
+            components.result()  # let the pool's work end before returning
             return _empty_table(image_name), np.zeros(0, np.int64)
-        axons = _region_table(axon_labels, n, with_convex_area=True)
+        axons = _region_table(axon_labels, n, pool, with_convex_area=True)
         centroids = axons["sums"][1:] / axons["count"][1:, None]
-        fibres, reseeded = fibre_labels(axon, myelin, axon_labels, centroids, distance_job.result(), axons["bbox"])
-        fibre = _region_table(fibres, n, with_convex_area=False, pool=pool)
+        fibres, reseeded = fibre_labels(axon, myelin, axon_labels, centroids, bbox=axons["bbox"],
+                                        components=components.result())
+        fibre = _region_table(fibres, n, pool, with_convex_area=False)
+        axons, fibre = _finish(axons), _finish(fibre)
     table = _assemble_table(axons, fibre, centroids, reseeded, axon.shape, pixel_size, axon_shape, image_name)
     return table, axons["first"][1:]
 
@@ -315,7 +336,21 @@ def _assemble_table(axons, fibre, centroids, reseeded, shape, pixel_size, axon_s
     gratio[zero_fibre] = np.nan
     fbbox = fibre["bbox"][1:]
     touching = (fbbox[:, 0] == 0) | (fbbox[:, 1] == 0) | (fbbox[:, 2] == shape[0]) | (fbbox[:, 3] == shape[1])
-    table = pd.DataFrame({
+    gratio_valid = np.isfinite(gratio) & (gratio > 0) & (gratio < 1)
+    notes = np.full(n, "", dtype=object)
+
+    def add(where, text):
+        for i in np.flatnonzero(where):
+            notes[i] = f"{notes[i]}; {text}" if notes[i] else text
+
+    add(reseeded, NOTE_RESEEDED)
+    no_myelin = fibre_area_px == axon_area_px
+    add(no_myelin, NOTE_NO_MYELIN)
+    add(~no_myelin & np.isfinite(gratio) & (gratio >= 1), NOTE_GRATIO_GE_1)
+    add(zero_fibre, NOTE_ZERO_FIBRE)
+    add(~zero_fibre & (axon_diam == 0), NOTE_ZERO_AXON)
+    # one construction in the final column order (each later insertion or reordering copies the frame)
+    columns = {
         "axon_id": np.arange(1, n + 1, dtype=np.int64),
         "x0 (px)": centroids[:, 1],
         "y0 (px)": centroids[:, 0],
@@ -338,20 +373,9 @@ def _assemble_table(axons, fibre, centroids, reseeded, shape, pixel_size, axon_s
         "bbox_max_y": fbbox[:, 2],
         "bbox_max_x": fbbox[:, 3],
         "fiber_diam (um)": fibre_diam_px * pixel_size,
-    })
-    table["gratio_valid"] = np.isfinite(gratio) & (gratio > 0) & (gratio < 1)
-    notes = np.full(n, "", dtype=object)
+        "gratio_valid": gratio_valid,
+        "note": notes,
+        "image": image_name,
+    }
+    return pd.DataFrame(columns)  # keys in COLUMNS order
 
-    def add(where, text):
-        for i in np.flatnonzero(where):
-            notes[i] = f"{notes[i]}; {text}" if notes[i] else text
-
-    add(reseeded, NOTE_RESEEDED)
-    no_myelin = fibre_area_px == axon_area_px
-    add(no_myelin, NOTE_NO_MYELIN)
-    add(~no_myelin & np.isfinite(gratio) & (gratio >= 1), NOTE_GRATIO_GE_1)
-    add(zero_fibre, NOTE_ZERO_FIBRE)
-    add(~zero_fibre & (axon_diam == 0), NOTE_ZERO_AXON)
-    table["note"] = notes
-    table["image"] = image_name
-    return table[COLUMNS]

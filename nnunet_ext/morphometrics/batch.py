@@ -284,19 +284,48 @@ def _roi_paths(roi, inputs) -> dict:
     return paths
 
 
+def slide_image_name(source: str | os.PathLike) -> str:
+    """The image name of a slide's rows: for an output of ``nnunet-ext segment`` (``<name>_seg.zarr`` with its
+    ``nnunet_ext`` metadata), the microscopy image it came from (the recorded source file's name, else ``<name>``);
+    otherwise the file name without its extension."""
+    source = Path(source)
+    stem = strip_extension(source.name)
+    if source.is_dir():
+        try:
+            import zarr
+
+            metadata = dict(zarr.open(str(source), mode="r").attrs).get("nnunet_ext")
+        except Exception:  # noqa: BLE001 - not a readable Zarr group: the file name serves
+            metadata = None
+        if isinstance(metadata, dict):
+            recorded = metadata.get("source")
+            if isinstance(recorded, str) and recorded and recorded != "array":
+                return strip_extension(Path(recorded).name)
+            if stem.endswith("_seg") and len(stem) > 4:
+                return stem[:-4]
+    return stem
+
+
 def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_um: float | None,
               chunk_size: int = 2048, halo: int = 256, axon_shape: str = "circle", myelin_label: int = 1,
               axon_label: int = 2, maps: bool = False, tile_size_px: int | None = None,
               tile_size_um: float | None = None, scheduler: str | None = None, workers: int | None = None,
               min_axon_area_um2: float | None = None, drop_border: bool = False, drop_invalid: bool = False,
-              qc: bool = True, overwrite: bool = False) -> dict:
-    """Whole-slide version of :func:`run_morphometrics` for one Zarr / OME-Zarr / TIFF label image."""
+              qc: bool = True, overwrite: bool = False, roi: str | os.PathLike | None = None,
+              image_name: str | None = None) -> dict:
+    """Whole-slide version of :func:`run_morphometrics` for one Zarr / OME-Zarr / TIFF label image.
+
+    ``roi``: an ROI mask (Zarr, TIFF or PNG; at the slide's resolution or downsampled by a whole factor), see
+    :func:`~nnunet_ext.morphometrics.slide.slide_morphometrics`. ``image_name`` names the rows and output files
+    (default: :func:`slide_image_name`). The pixel size is ``pixel_size_um``, else the OME-Zarr metadata, a
+    sidecar or ``pixel_size_in_micrometer.txt`` (:func:`~nnunet_ext.morphometrics.io.find_pixel_size`).
+    """
     from nnunet_ext.morphometrics.aggregate import aggregate_from_counts
     from nnunet_ext.morphometrics.maps import save_map_pngs, tile_size_in_pixels, tiles_from_counts
     from nnunet_ext.morphometrics.slide import slide_morphometrics
 
     source = Path(source)
-    name = strip_extension(source.name)
+    name = image_name or slide_image_name(source)
     pixel_size, pixel_source = find_pixel_size(source, pixel_size_um)
     out_dir = Path(out_dir)
     planned = [COMBINED_CSV, AGGREGATE_CSV, f"{name}_axon_morphometrics.csv"]
@@ -305,20 +334,23 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
         raise FileExistsError(f"{out_dir}: {', '.join(existing)} already exist; use --overwrite to replace them")
     tile = tile_size_in_pixels(pixel_size, tile_size_px, tile_size_um) if maps else None
     result = slide_morphometrics(source, pixel_size, chunk_size, halo, axon_shape, myelin_label, axon_label,
-                                 tile_size_px=tile, scheduler=scheduler, num_workers=workers, image_name=name)
+                                 tile_size_px=tile, scheduler=scheduler, num_workers=workers, image_name=name,
+                                 roi=roi)
     filters = {"min_axon_area_um2": min_axon_area_um2, "drop_border": drop_border, "drop_invalid": drop_invalid}
     kept = apply_filters(result.per_axon, **filters)
+    inside = kept if result.in_roi is None else kept[result.in_roi[kept.index.to_numpy()]]
     aggregate = dict(result.aggregate)
     if len(kept) != len(result.per_axon):  # pixel fractions stay; per-axon figures follow the filters
-        counts = aggregate_from_counts(kept, 1, 0, 0, pixel_size)
+        counts = aggregate_from_counts(inside, 1, 0, 0, pixel_size)
         for key in ("axon_count", "mean_axon_diam (um)", "std_axon_diam (um)", "mean_myelin_thickness (um)",
                     "std_myelin_thickness (um)", "mean_gratio", "std_gratio", "invalid_gratio_count",
                     "invalid_gratio_fraction", "border_touching_count"):
             aggregate[key] = counts[key]
-        aggregate["axon_density (per mm^2)"] = len(kept) / aggregate["area (mm^2)"]
+        aggregate["axon_density (per mm^2)"] = len(inside) / aggregate["area (mm^2)"] \
+            if aggregate["area (mm^2)"] else float("nan")
     filter_text = ", ".join(f"{k}={v}" for k, v in filters.items() if v not in (None, False)) or "none"
     aggregate.update(image=name, source=str(source), pixel_size_um=pixel_size, pixel_size_source=pixel_source,
-                     axon_shape=axon_shape, roi="", filters=filter_text,
+                     axon_shape=axon_shape, roi=str(roi or ""), filters=filter_text,
                      axons_filtered_out=len(result.per_axon) - len(kept), halo_exceeded=result.halo_exceeded)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -332,8 +364,7 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
             tiles = result.tiles
             if len(kept) != len(result.per_axon):
                 shape = (int(tiles["y_max (px)"].max()), int(tiles["x_max (px)"].max()))
-                area, axon_counts, myelin_counts = _tile_count_grids(tiles)
-                tiles = tiles_from_counts(kept, area, axon_counts, myelin_counts, tile, shape, pixel_size)
+                tiles = tiles_from_counts(inside, *result.tile_counts, tile, shape, pixel_size)
             tiles.to_csv(tmp / f"{name}_tiles.csv", index=False, na_rep="NaN")
             save_map_pngs(tiles, tmp / name, pixel_size, title=name)
         if qc:
@@ -354,13 +385,3 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
         warnings.warn(f"{source}: {result.halo_exceeded} fibre(s) reach a chunk halo (noted in the CSV); rerun "
                       f"with a larger --halo for exact values")
     return {"images": 1, "axons": len(kept), "files": written, "aggregates": [aggregate]}
-
-
-def _tile_count_grids(tiles: pd.DataFrame):
-    """Per-tile area, axon and myelin pixel counts back from a tile table (to re-aggregate filtered axons)."""
-    n_rows, n_cols = int(tiles["tile_row"].max()) + 1, int(tiles["tile_col"].max()) + 1
-    pixels = ((tiles["y_max (px)"] - tiles["y_min (px)"]) * (tiles["x_max (px)"] - tiles["x_min (px)"])).to_numpy()
-    area = pixels.reshape(n_rows, n_cols)
-    axon = np.rint(tiles["avf"].fillna(0).to_numpy() * pixels).astype(np.int64).reshape(n_rows, n_cols)
-    myelin = np.rint(tiles["mvf"].fillna(0).to_numpy() * pixels).astype(np.int64).reshape(n_rows, n_cols)
-    return area, axon, myelin

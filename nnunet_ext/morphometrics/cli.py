@@ -10,7 +10,9 @@ def register_cli(subparsers) -> None:
                     "1 myelin, 2 axon; or ADS 0/127/255), an ADS axon mask *_seg-axon*.png (its _seg-myelin "
                     "partner is taken along), a folder of either, or a BIDS microscopy dataset. Writes one "
                     "per-axon CSV per image, a combined per-axon CSV, an aggregate CSV and a QC overlay PNG per "
-                    "image; tile maps on request. No axon is filtered out unless asked.")
+                    "image; tile maps on request. No axon is filtered out unless asked. With --mtneuro, INPUT is "
+                    "instead a 4-class MTNeuro label map (0 background, 1 vessel, 2 cell, 3 axon; 2D or a 3D "
+                    "stack) or a folder of them, and the output is one CSV of per-slice semantic features.")
     parser.add_argument("input", help="label image, ADS axon mask, folder of them, or BIDS dataset root")
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument("--pixel-size", type=float, default=None, metavar="UM",
@@ -18,14 +20,16 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--axon-shape", choices=("circle", "ellipse"), default="circle",
                         help="diameter as equivalent circle (default) or ellipse minor axis, as ADS")
     parser.add_argument("--myelin-label", type=int, default=1, help="myelin value in label images (default 1)")
-    parser.add_argument("--axon-label", type=int, default=2, help="axon value in label images (default 2)")
+    parser.add_argument("--axon-label", type=int, default=None,
+                        help="axon value in label images (default 2; 3 with --mtneuro)")
     parser.add_argument("--label-suffix", default="manual",
                         help="BIDS label derivatives to use: <stem>_seg-axon-<suffix>.png (default manual)")
     parser.add_argument("--image-dir", default=None,
                         help="folder with the microscopy images of predictions (<name>_0000.png or <name>.png), "
                              "shown under the QC overlay")
     parser.add_argument("--roi", default=None,
-                        help="ROI mask (one input) or folder of <name>.png ROI masks: aggregates within it")
+                        help="ROI mask (one input) or folder of <name>.png ROI masks: aggregates within it; for a "
+                             "slide a Zarr/TIFF/PNG mask at its resolution or downsampled by a whole factor")
     parser.add_argument("--maps", action="store_true", help="also write tile maps (CSV and heat-map PNGs)")
     parser.add_argument("--tile-size", type=float, default=256, help="map tile edge (default 256)")
     parser.add_argument("--tile-unit", choices=("px", "um"), default="px", help="unit of --tile-size (default px)")
@@ -43,6 +47,17 @@ def register_cli(subparsers) -> None:
                        help="margin read around each chunk, px (default 256); fibres reaching it are reported")
     slide.add_argument("--scheduler", default=None, help="dask.distributed scheduler address (default: threads)")
     slide.add_argument("--workers", type=int, default=None, help="threads of the local scheduler (default: cores)")
+    slide.add_argument("--image-name", default=None,
+                       help="name of the slide in the CSVs and output files (default: the image a 'nnunet-ext "
+                            "segment' output came from, else the file name)")
+    mtneuro = parser.add_argument_group(
+        "MTNeuro semantic features", "per-slice vessel and axon fractions, cell count, mean cell size and mean "
+        "nearest-neighbour distance between cells, written to mtneuro_semantic_features.csv")
+    mtneuro.add_argument("--mtneuro", action="store_true", help="INPUT holds 4-class MTNeuro label maps")
+    mtneuro.add_argument("--vessel-label", type=int, default=1, help="vessel value (default 1)")
+    mtneuro.add_argument("--cell-label", type=int, default=2, help="cell value (default 2)")
+    mtneuro.add_argument("--cell-connectivity", type=int, choices=(4, 8), default=8,
+                         help="cells are 4- or 8-connected components (default 8)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.set_defaults(func=_run)
 
@@ -50,20 +65,26 @@ def register_cli(subparsers) -> None:
 def _run(args) -> int:
     from nnunet_ext.morphometrics.batch import discover_inputs, run_morphometrics, run_slide
 
+    if args.mtneuro:
+        return _run_mtneuro(args)
+    if args.axon_label is None:
+        args.axon_label = 2
     tile_px = int(args.tile_size) if args.tile_unit == "px" else None
     tile_um = args.tile_size if args.tile_unit == "um" else None
     if args.tile_unit == "px" and args.tile_size != int(args.tile_size):
         raise ValueError(f"--tile-size {args.tile_size} px must be a whole number")
     if args.chunk_size is not None or args.input.rstrip("/").lower().endswith(".zarr"):
-        if args.roi is not None:
-            raise ValueError("--roi is not supported for whole slides yet; crop the aggregate with the tile map")
         summary = run_slide(
             args.input, args.output, args.pixel_size, chunk_size=args.chunk_size or 2048, halo=args.halo,
             axon_shape=args.axon_shape, myelin_label=args.myelin_label, axon_label=args.axon_label,
             maps=args.maps, tile_size_px=tile_px, tile_size_um=tile_um, scheduler=args.scheduler,
             workers=args.workers, min_axon_area_um2=args.min_axon_area, drop_border=args.drop_border,
-            drop_invalid=args.drop_invalid, qc=not args.no_qc, overwrite=args.overwrite)
+            drop_invalid=args.drop_invalid, qc=not args.no_qc, overwrite=args.overwrite, roi=args.roi,
+            image_name=args.image_name)
         return _report(summary, args.output)
+    if args.image_name is not None:
+        raise ValueError("--image-name names a whole slide (*.zarr or --chunk-size); images are named after their "
+                         "files")
     inputs = discover_inputs(args.input, args.pixel_size, args.label_suffix, args.image_dir)
     summary = run_morphometrics(
         inputs, args.output, axon_shape=args.axon_shape, myelin_label=args.myelin_label,
@@ -71,6 +92,24 @@ def _run(args) -> int:
         drop_border=args.drop_border, drop_invalid=args.drop_invalid, maps=args.maps, tile_size_px=tile_px,
         tile_size_um=tile_um, qc=not args.no_qc, overwrite=args.overwrite)
     return _report(summary, args.output)
+
+
+def _run_mtneuro(args) -> int:
+    from nnunet_ext.morphometrics.mtneuro import MTNEURO_CSV, run_semantic_features
+
+    refused = [flag for flag, used in (("--roi", args.roi), ("--maps", args.maps), ("--chunk-size", args.chunk_size),
+                                       ("--min-axon-area", args.min_axon_area is not None),
+                                       ("--drop-border", args.drop_border), ("--drop-invalid", args.drop_invalid),
+                                       ("--image-name", args.image_name is not None))
+               if used]
+    if refused:
+        raise ValueError(f"{', '.join(refused)}: not available with --mtneuro")
+    table = run_semantic_features(args.input, args.output, args.pixel_size, vessel_label=args.vessel_label,
+                                  cell_label=args.cell_label, axon_label=3 if args.axon_label is None else
+                                  args.axon_label, connectivity=1 if args.cell_connectivity == 4 else 2,
+                                  overwrite=args.overwrite)
+    print(f"{table['image'].nunique()} label map(s), {len(table)} slice(s) -> {args.output}/{MTNEURO_CSV}")
+    return 0
 
 
 def _report(summary, output) -> int:

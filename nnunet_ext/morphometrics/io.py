@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -10,6 +11,15 @@ import numpy as np
 from nnunet_ext.morphometrics.axon import check_pixel_size
 
 PIXEL_SIZE_FILE = "pixel_size_in_micrometer.txt"  # AxonDeepSeg's convention
+# OME-NGFF space units (UDUNITS-2 names, as the specification lists them) and common abbreviations, in um.
+OME_UNITS_IN_UM = {
+    "angstrom": 1e-4, "attometer": 1e-12, "centimeter": 1e4, "decimeter": 1e5, "decameter": 1e7,
+    "exameter": 1e24, "femtometer": 1e-9, "foot": 304800.0, "gigameter": 1e15, "hectometer": 1e8, "inch": 25400.0,
+    "kilometer": 1e9, "megameter": 1e12, "meter": 1e6, "micrometer": 1.0, "mile": 1609344000.0, "millimeter": 1e3,
+    "nanometer": 1e-3, "parsec": 3.0856775814913673e22, "petameter": 1e21, "picometer": 1e-6, "terameter": 1e18,
+    "yard": 914400.0, "yoctometer": 1e-18, "yottameter": 1e30, "zeptometer": 1e-15, "zettameter": 1e27,
+    "micron": 1.0, "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "pm": 1e-6,
+}
 LABEL_EXTENSIONS = (".png", ".tif", ".tiff", ".nii.gz", ".nii", ".nrrd", ".mha")
 
 
@@ -53,6 +63,42 @@ def read_image_2d(path: str | os.PathLike) -> np.ndarray:
         array = array[..., 0]
     if array.ndim != 2:
         raise ValueError(f"{path}: expected a 2D mask or label image, got shape {array.shape}")
+    return array
+
+
+def read_label_volume(path: str | os.PathLike) -> np.ndarray:
+    """A 2D label map or a 3D stack (Z, H, W) of them, as an integer array: PNG, TIFF (stacks too), NumPy
+    ``.npy``, or anything SimpleITK reads (NIfTI, NRRD, MHA, as nnU-Net writes 3D predictions).
+
+    Raises ``ValueError`` naming the file for colour images, non-integer values or more than three dimensions.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    lower = path.name.lower()
+    if lower.endswith(".png"):
+        array = read_image_2d(path)
+    elif lower.endswith((".tif", ".tiff")):
+        import tifffile
+
+        array = tifffile.imread(path)
+    elif lower.endswith(".npy"):
+        array = np.load(path, allow_pickle=False)
+    else:
+        import SimpleITK as sitk
+
+        array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    array = np.asarray(array)
+    while array.ndim > 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim not in (2, 3):
+        raise ValueError(f"{path}: expected a 2D label map or a (Z, H, W) stack, got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
+        if not np.issubdtype(array.dtype, np.floating) or np.any(array != np.round(array)):
+            raise ValueError(f"{path}: label map holds non-integer values ({array.dtype})")
+        array = array.astype(np.int64)
     return array
 
 
@@ -105,20 +151,102 @@ def read_pixel_size_file(path: str | os.PathLike) -> float:
         raise ValueError(f"{path}: {error}") from None
 
 
+def _ome_multiscales(path: Path) -> list | None:
+    """The ``multiscales`` list of a Zarr store's root attributes (OME-NGFF 0.4 or 0.5), None when it has none."""
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as error:  # noqa: BLE001 - any unreadable store is reported with its name
+        raise ValueError(f"{path}: cannot open as Zarr ({error})") from None
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+    return multiscales or None
+
+
+def pixel_size_from_ome_zarr(path: str | os.PathLike) -> float | None:
+    """Isotropic pixel size in um of an OME-Zarr store's full-resolution level, from its metadata.
+
+    The scale of the ``y`` and ``x`` axes is the product of the first dataset's ``scale`` transformations and the
+    multiscale's own (OME-NGFF 0.4/0.5 ``coordinateTransformations``), converted to um with the axes' ``unit``
+    (``micrometer``, ``nanometer``, ``millimeter``, ... or ``um``, ``nm``, ``mm``). Returns None when the store has
+    no multiscales metadata or no scale; raises ``ValueError`` naming the store when the metadata is there but
+    unusable: no unit on the y/x axes (a scale without a unit is not a length), an unknown unit, a non-positive
+    scale, or different y and x pixel sizes.
+    """
+    path = Path(path)
+    multiscales = _ome_multiscales(path)
+    if not multiscales:
+        return None
+    multiscale = multiscales[0]
+    axes = multiscale.get("axes")
+    datasets = multiscale.get("datasets") or []
+    transforms = list((datasets[0].get("coordinateTransformations") or []) if datasets else [])
+    transforms += list(multiscale.get("coordinateTransformations") or [])
+    scales = [t.get("scale") for t in transforms if t.get("type") == "scale" and t.get("scale") is not None]
+    if not scales:
+        return None
+    if not axes or not all(isinstance(a, dict) for a in axes):
+        raise ValueError(f"{path}: OME-Zarr metadata has a scale but no axes with units (OME-NGFF >= 0.4); give "
+                         f"the pixel size")
+    names = [str(a.get("name", "")).lower() for a in axes]
+    if "y" not in names or "x" not in names:
+        raise ValueError(f"{path}: OME-Zarr axes {names} have no 'y' and 'x' axis")
+    sizes = {}
+    for axis in ("y", "x"):
+        index = names.index(axis)
+        value = 1.0
+        for scale in scales:
+            if len(scale) != len(axes):
+                raise ValueError(f"{path}: OME-Zarr scale {scale} does not match the {len(axes)} axes {names}")
+            value *= float(scale[index])
+        unit = axes[index].get("unit")
+        if unit is None:
+            raise ValueError(f"{path}: OME-Zarr axis '{axis}' has a scale ({value:g}) but no unit, so no pixel size; "
+                             f"give it in um")
+        factor = OME_UNITS_IN_UM.get(str(unit).strip().lower(), OME_UNITS_IN_UM.get(str(unit).strip()))
+        if factor is None:
+            raise ValueError(f"{path}: OME-Zarr axis '{axis}' has unit {unit!r}, not a length unit known here "
+                             f"(e.g. micrometer, nanometer, millimeter)")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{path}: OME-Zarr axis '{axis}' has a non-positive scale {value:g}")
+        sizes[axis] = value * factor
+    if not math.isclose(sizes["y"], sizes["x"], rel_tol=1e-9):
+        raise ValueError(f"{path}: anisotropic OME-Zarr pixels ({sizes['y']:g} um in y, {sizes['x']:g} um in x) are "
+                         f"not supported")
+    return check_pixel_size(sizes["x"])
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.is_dir() and (path.name.lower().endswith(".zarr") or (path / "zarr.json").is_file()
+                              or (path / ".zgroup").is_file() or (path / ".zarray").is_file())
+
+
 def find_pixel_size(image_path: str | os.PathLike, pixel_size_um: float | None = None) -> tuple[float, str]:
     """Pixel size for an image, and where it came from.
 
-    In order: ``pixel_size_um`` if given; a JSON sidecar beside the image (``<stem>.json``); a
-    ``pixel_size_in_micrometer.txt`` in the image's folder. Raises ``ValueError`` naming the image when none.
+    In order: ``pixel_size_um`` if given; for a Zarr store, its OME-Zarr metadata (:func:`pixel_size_from_ome_zarr`);
+    a JSON sidecar beside the image (``<stem>.json``); a ``pixel_size_in_micrometer.txt`` in the image's folder.
+    Raises ``ValueError`` naming the image when none (and saying what was wrong with unusable OME metadata).
     """
     image_path = Path(image_path)
     if pixel_size_um is not None:
         return check_pixel_size(pixel_size_um), "option"
+    ome_note = ""
+    if _is_zarr(image_path):
+        try:
+            size = pixel_size_from_ome_zarr(image_path)
+        except ValueError as error:  # unusable metadata: a sidecar may still give the size; said below if not
+            size, ome_note = None, f"{str(error).removeprefix(f'{image_path}: ')}; "
+        else:
+            ome_note = "its OME-Zarr metadata gives no scale; "
+        if size is not None:
+            return size, f"{image_path} (OME-Zarr metadata)"
     sidecar = image_path.with_name(strip_extension(image_path.name) + ".json")
     if sidecar.is_file():
         return pixel_size_from_sidecar(sidecar), str(sidecar)
     text_file = image_path.parent / PIXEL_SIZE_FILE
     if text_file.is_file():
         return read_pixel_size_file(text_file), str(text_file)
-    raise ValueError(f"{image_path}: pixel size unknown: give --pixel-size, or put {sidecar.name} (BIDS "
+    raise ValueError(f"{image_path}: pixel size unknown: {ome_note}give --pixel-size, or put {sidecar.name} (BIDS "
                      f"'PixelSize') or {PIXEL_SIZE_FILE} beside it")

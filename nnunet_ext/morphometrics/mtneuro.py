@@ -6,11 +6,17 @@ the one class against everything else.
 """
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+MTNEURO_CSV = "mtneuro_semantic_features.csv"
+MTNEURO_EXTENSIONS = (".png", ".tif", ".tiff", ".nii.gz", ".nii", ".nrrd", ".mha", ".npy")
 MTNEURO_COLUMNS = ["slice", "vessel_fraction", "axon_fraction", "cell_count", "mean_cell_size (px)",
                    "mean_cell_nn_distance (px)", "mean_cell_size (um^2)", "mean_cell_nn_distance (um)", "note"]
 
@@ -77,3 +83,78 @@ def semantic_features(label_map, pixel_size_um: float | None = None, vessel_labe
             "note": "; ".join(notes),
         })
     return pd.DataFrame(records, columns=MTNEURO_COLUMNS)
+
+
+def find_label_maps(path: str | os.PathLike) -> list[Path]:
+    """The label maps under ``path``: the file itself, or every ``MTNEURO_EXTENSIONS`` file of a folder (sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and p.name.lower().endswith(MTNEURO_EXTENSIONS))
+    if not files:
+        raise FileNotFoundError(f"{path}: no label maps ({', '.join(MTNEURO_EXTENSIONS)}) found")
+    return files
+
+
+def run_semantic_features(path: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_um: float | None = None,
+                          vessel_label: int = 1, cell_label: int = 2, axon_label: int = 3, connectivity: int = 2,
+                          overwrite: bool = False) -> pd.DataFrame:
+    """Semantic features of every label map under ``path``, written to ``out_dir/mtneuro_semantic_features.csv``.
+
+    Parameters
+    ----------
+    path : file or folder
+        4-class label maps (nnU-Net predictions of an MTNeuro dataset: 2D ``.png`` slices or 3D ``.nii.gz``
+        sub-volumes; TIFF stacks and ``.npy`` cutouts too), see :func:`find_label_maps`.
+    out_dir : folder
+    pixel_size_um : float, optional
+        For every map; otherwise each map's own (``<name>.json`` sidecar or ``pixel_size_in_micrometer.txt``, as
+        :func:`~nnunet_ext.morphometrics.io.find_pixel_size`), and without one the um columns stay NaN.
+    vessel_label, cell_label, axon_label, connectivity
+        As :func:`semantic_features`.
+    overwrite : bool
+        Replace an existing CSV.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``image``, ``pixel_size_um`` and ``MTNEURO_COLUMNS``, one row per slice of every map. The CSV is written
+        to a temporary file and moved into place.
+    """
+    from nnunet_ext.morphometrics.io import find_pixel_size, read_label_volume, strip_extension
+
+    files = find_label_maps(path)
+    out_dir = Path(out_dir)
+    target = out_dir / MTNEURO_CSV
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; use --overwrite to replace it")
+    tables = []
+    for file in files:
+        try:
+            size = find_pixel_size(file, pixel_size_um)[0]
+        except ValueError:
+            if pixel_size_um is not None:
+                raise
+            size = None  # sizes and distances in px only
+        labels = read_label_volume(file)
+        try:
+            table = semantic_features(labels, size, vessel_label, cell_label, axon_label, connectivity)
+        except ValueError as error:
+            raise ValueError(f"{file}: {error}") from None
+        table.insert(0, "pixel_size_um", np.nan if size is None else size)
+        table.insert(0, "image", strip_extension(file.name))
+        tables.append(table)
+    combined = pd.concat(tables, ignore_index=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{MTNEURO_CSV}.", dir=out_dir)
+    os.close(handle)
+    try:
+        combined.to_csv(tmp, index=False, na_rep="NaN")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return combined

@@ -10,6 +10,8 @@ tile the slide.
 
 Sources: a NumPy array, a Zarr array or OME-Zarr group (level 0), or a (tiled, Big)TIFF read through
 ``tifffile``'s Zarr store; tasks open the source themselves, so they also run on a ``dask.distributed`` cluster.
+An ROI mask (same sources, or a PNG) at the slide's resolution or downsampled by a whole factor restricts the
+aggregate metrics and maps, exactly as ``roi_mask`` does in memory.
 """
 from __future__ import annotations
 
@@ -54,6 +56,50 @@ def open_label_source(source):
     return _Squeezed2D(node, path)
 
 
+def open_roi_source(roi):
+    """An ROI mask source: what :func:`open_label_source` opens, or any other image file (read into memory)."""
+    if isinstance(roi, (str, os.PathLike)):
+        path = Path(roi)
+        lower = path.name.lower()
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: ROI mask not found")
+        if not (path.is_dir() or lower.endswith((".tif", ".tiff"))):
+            from nnunet_ext.morphometrics.io import read_image_2d
+
+            return read_image_2d(path)
+    return open_label_source(roi)
+
+
+def roi_factor(roi_shape, slide_shape, name="ROI mask") -> int:
+    """Whole downsampling factor f of an ROI mask: ROI pixel (i, j) covers slide pixels [i f, (i + 1) f) x [j f, ...).
+
+    1 for an ROI at the slide's resolution; otherwise the ROI must be ``ceil(H / f) x ceil(W / f)`` for one f.
+    """
+    roi_shape, slide_shape = tuple(int(v) for v in roi_shape), tuple(int(v) for v in slide_shape)
+    if len(roi_shape) != 2:
+        raise ValueError(f"{name} must be 2D, got shape {roi_shape}")
+    (h, w), (height, width) = roi_shape, slide_shape
+    if h >= 1 and w >= 1:
+        for f in sorted({max(1, height // h), -(-height // h), max(1, width // w), -(-width // w)}):
+            if -(-height // f) == h and -(-width // f) == w:
+                return f
+    raise ValueError(f"{name} {roi_shape} is neither the slide's shape {slide_shape} nor a whole-number "
+                     f"downsampling of it (ceil(H / f) x ceil(W / f))")
+
+
+def read_roi_block(roi, factor, y0, x0, y1, x1, name="ROI mask") -> np.ndarray:
+    """The ROI over slide pixels [y0, y1) x [x0, x1) as bool (nonzero inside), upsampled by ``factor``."""
+    from nnunet_ext.morphometrics.axon import as_binary_mask
+
+    block = np.asarray(roi[y0 // factor:(y1 - 1) // factor + 1, x0 // factor:(x1 - 1) // factor + 1])
+    block = as_binary_mask(block, name)
+    if factor > 1:
+        block = np.repeat(np.repeat(block, factor, axis=0), factor, axis=1)
+        oy, ox = y0 - (y0 // factor) * factor, x0 - (x0 // factor) * factor
+        block = block[oy:oy + y1 - y0, ox:ox + x1 - x0]
+    return block
+
+
 class _Squeezed2D:
     """View of an array with singleton leading axes (OME-Zarr t, c, z) as 2D."""
 
@@ -81,6 +127,8 @@ class SlideResult:
     overview_step: int
     halo_exceeded: int
     chunks: int
+    in_roi: np.ndarray | None = None  # per row of ``per_axon``: centroid pixel inside the ROI (with an ROI)
+    tile_counts: tuple | None = None  # per-tile (area, axon, myelin) pixel counts behind ``tiles``
 
 
 def _chunk_grid(shape, chunk):
@@ -88,8 +136,12 @@ def _chunk_grid(shape, chunk):
             for y in range(0, shape[0], chunk) for x in range(0, shape[1], chunk)]
 
 
-def measure_chunk(source, core, halo, pixel_size, axon_shape, myelin_label, axon_label, tile, step):
-    """Measure one chunk core with its halo; returns the owned rows and the core's pixel counts."""
+def measure_chunk(source, core, halo, pixel_size, axon_shape, myelin_label, axon_label, tile, step,
+                  roi_source=None, roi_scale=1):
+    """Measure one chunk core with its halo; returns the owned rows and the core's pixel counts.
+
+    With an ROI, the rows get an ``_in_roi`` column (centroid pixel inside it) and the counts are taken inside it.
+    """
     array = open_label_source(source)
     height, width = array.shape
     y0, x0, y1, x1 = core
@@ -122,14 +174,20 @@ def measure_chunk(source, core, halo, pixel_size, axon_shape, myelin_label, axon
     table["note"] = notes
     core_axon = axon[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
     core_myelin = myelin[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
-    counts = {"axon": int(core_axon.sum()), "myelin": int(core_myelin.sum()), "area": core_axon.size,
+    if roi_source is not None:
+        roi = read_roi_block(open_roi_source(roi_source), roi_scale, y0, x0, y1, x1)
+        table["_in_roi"] = roi[rows[owned] - y0, cols[owned] - x0]
+        core_axon, core_myelin, area = core_axon & roi, core_myelin & roi, roi
+    else:
+        area = np.ones(core_axon.shape, bool)
+    counts = {"axon": int(core_axon.sum()), "myelin": int(core_myelin.sum()), "area": int(area.sum()),
               "halo_exceeded": int(exceeded.sum())}
     tiles = None
     if tile:
         from nnunet_ext.morphometrics.maps import tile_pixel_counts
 
         tiles = (tile_pixel_counts(core_axon, tile), tile_pixel_counts(core_myelin, tile),
-                 tile_pixel_counts(np.ones(core_axon.shape, bool), tile))
+                 tile_pixel_counts(area, tile))
     # overview: every step-th pixel of the slide, aligned on the global grid
     oy, ox = (-y0) % step, (-x0) % step
     overview = label[y0 - ry0 + oy:y1 - ry0:step, x0 - rx0 + ox:x1 - rx0:step].astype(np.uint8)
@@ -140,7 +198,7 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
                         axon_shape: str = "circle", myelin_label: int = 1, axon_label: int = 2,
                         tile_size_px: int | None = None, scheduler: str | None = None,
                         num_workers: int | None = None, image_name: str | None = None,
-                        overview_side: int = 2000, progress: bool = True) -> SlideResult:
+                        overview_side: int = 2000, progress: bool = True, roi=None) -> SlideResult:
     """Per-axon and aggregate morphometrics of a label image too large for memory.
 
     Parameters
@@ -159,13 +217,19 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
     num_workers : int, optional
         Threads of the local scheduler (default: all cores).
     image_name : str, optional
+    roi : array, or path to a Zarr / OME-Zarr / TIFF / PNG mask, optional
+        Region of interest, nonzero inside: at the slide's resolution, or downsampled by a whole factor f (shape
+        ``ceil(H / f) x ceil(W / f)``, each ROI pixel covering f x f slide pixels). The aggregate and the tiles are
+        then taken inside it, exactly as :func:`aggregate_morphometrics` and :func:`tile_morphometrics` do with
+        ``roi_mask`` (areas and fractions inside it, axons by centroid pixel); ``per_axon`` keeps every axon and
+        ``in_roi`` says which are inside.
 
     Returns
     -------
     SlideResult
         ``per_axon`` (same columns as :func:`axon_morphometrics`, ``axon_id`` in raster order of the axons' first
         pixels, as in memory), ``aggregate`` (as :func:`aggregate_morphometrics`), ``tiles``, a subsampled
-        ``overview`` and the number of rows whose fibre reached a chunk halo.
+        ``overview``, the number of rows whose fibre reached a chunk halo, and with an ROI ``in_roi``.
     """
     import dask
 
@@ -180,11 +244,18 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
     if len(array.shape) != 2:
         raise ValueError(f"label image must be 2D, got shape {array.shape}")
     height, width = array.shape
+    roi_source, roi_scale = None, 1
+    if roi is not None:
+        roi_array = open_roi_source(roi)
+        roi_scale = roi_factor(roi_array.shape, (height, width))
+        # tasks open a file source themselves; an image read into memory travels with them
+        roi_source = roi if isinstance(roi, (str, os.PathLike)) and not isinstance(roi_array, np.ndarray) \
+            else roi_array
     step = max(1, int(math.ceil(max(height, width) / overview_side)))
     grid = _chunk_grid((height, width), int(chunk_size))
     task_source = source if not isinstance(source, np.ndarray) else array
     tasks = [dask.delayed(measure_chunk)(task_source, core, int(halo), pixel_size, axon_shape, myelin_label,
-                                         axon_label, tile_size_px, step) for core in grid]
+                                         axon_label, tile_size_px, step, roi_source, roi_scale) for core in grid]
     if scheduler:
         from dask.distributed import Client
 
@@ -203,9 +274,14 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
     per_axon["image"] = image_name
     per_axon["gratio_valid"] = per_axon["gratio_valid"].astype(bool)
     per_axon["image_border_touching"] = per_axon["image_border_touching"].astype(bool)
+    in_roi = None
+    if roi is not None:
+        in_roi = per_axon.pop("_in_roi").to_numpy(dtype=bool) if len(per_axon) else np.zeros(0, bool)
     axon_pixels = sum(r[1]["axon"] for r in results)
     myelin_pixels = sum(r[1]["myelin"] for r in results)
-    aggregate = aggregate_from_counts(per_axon, height * width, axon_pixels, myelin_pixels, pixel_size)
+    area_pixels = sum(r[1]["area"] for r in results)
+    inside = per_axon if in_roi is None else per_axon[in_roi]
+    aggregate = aggregate_from_counts(inside, area_pixels, axon_pixels, myelin_pixels, pixel_size)
     aggregate["image"] = image_name
     aggregate = {key: aggregate[key] for key in AGGREGATE_KEYS}
     halo_exceeded = sum(r[1]["halo_exceeded"] for r in results)
@@ -224,9 +300,13 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
             for total, part in zip(counts, result[2]):
                 ty, tx = y0 // tile_size_px, x0 // tile_size_px
                 total[ty:ty + part.shape[0], tx:tx + part.shape[1]] = part
-        tiles = tiles_from_counts(per_axon, counts[2], counts[0], counts[1], tile_size_px, (height, width),
+        tiles = tiles_from_counts(inside, counts[2], counts[0], counts[1], tile_size_px, (height, width),
                                   pixel_size)
-    return SlideResult(per_axon[COLUMNS], aggregate, tiles, overview, step, halo_exceeded, len(grid))
+        tile_counts = (counts[2], counts[0], counts[1])
+    else:
+        tile_counts = None
+    return SlideResult(per_axon[COLUMNS], aggregate, tiles, overview, step, halo_exceeded, len(grid), in_roi,
+                       tile_counts)
 
 
 class _nothing:
