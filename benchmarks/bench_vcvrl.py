@@ -282,7 +282,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plans", choices=sorted(PLANS), action="append",
                         help="plans to compare on (repeatable; default cpu-2d, cpu-3d and default-2d)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per trainer on the CPU plans (default 10)")
+    parser.add_argument("--steps", type=int, default=30,
+                        help="timed steps per trainer on the CPU plans (default 30: fewer are noisy)")
     parser.add_argument("--default-steps", type=int, default=3,
                         help="timed steps per trainer on default-2d (about 15 s each here; default 3)")
     parser.add_argument("--warmup", type=int, default=2)
