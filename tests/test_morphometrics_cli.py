@@ -259,3 +259,63 @@ def test_image_name_is_for_slides_only(predictions, tmp_path, capsys):
     assert run(predictions, "-o", tmp_path / "out", "--image-name", "x") == 1
     assert "--image-name names a whole slide" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_mtneuro_pixel_size_missing_or_broken(tmp_path):
+    """No pixel size anywhere gives NaN um columns; a sidecar or text file that is there but broken raises."""
+    from nnunet_ext.morphometrics.mtneuro import run_semantic_features
+
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    plane = np.zeros((20, 20), np.uint8)
+    plane[2:5, 2:5] = 2
+    plane[12:15, 12:15] = 2
+    Image.fromarray(plane).save(folder / "slice.png")
+    table = run_semantic_features(folder, tmp_path / "none")
+    assert table["pixel_size_um"].isna().all() and table["mean_cell_size (um^2)"].isna().all()
+    (folder / "slice.json").write_text("{not json")
+    with pytest.raises(ValueError, match="slice.json: not valid JSON"):
+        run_semantic_features(folder, tmp_path / "bad_json")
+    (folder / "slice.json").write_text(json.dumps({"PixelSize": ["a", "b"]}))
+    with pytest.raises(ValueError, match="slice.json"):
+        run_semantic_features(folder, tmp_path / "bad_value")
+    (folder / "slice.json").unlink()
+    (folder / "pixel_size_in_micrometer.txt").write_text("half a micron")
+    with pytest.raises(ValueError, match="pixel_size_in_micrometer.txt: expected one number"):
+        run_semantic_features(folder, tmp_path / "bad_txt")
+    (folder / "pixel_size_in_micrometer.txt").write_text("0.5")
+    table = run_semantic_features(folder, tmp_path / "good")
+    assert (table["pixel_size_um"] == 0.5).all()
+    assert table["mean_cell_size (um^2)"].iloc[0] == pytest.approx(9 * 0.25)
+
+
+def test_read_label_volume_refuses_colour_tiffs(tmp_path):
+    import tifffile
+
+    from nnunet_ext.morphometrics.io import read_label_volume
+
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, np.zeros((20, 30, 3), np.uint8), photometric="rgb")
+    with pytest.raises(ValueError, match="colour TIFF") as error:
+        read_label_volume(rgb)
+    assert str(rgb) in str(error.value)
+    rgba = tmp_path / "rgba.tif"
+    tifffile.imwrite(rgba, np.zeros((20, 30, 4), np.uint8), photometric="rgb")
+    with pytest.raises(ValueError, match="rgba.tif: colour TIFF"):
+        read_label_volume(rgba)
+    stack = np.arange(3 * 20 * 30).reshape(3, 20, 30).astype(np.uint8) % 4
+    grey = tmp_path / "grey.tif"
+    tifffile.imwrite(grey, stack, photometric="minisblack")  # a 3-slice label stack is not colour
+    np.testing.assert_array_equal(read_label_volume(grey), stack)
+
+
+@pytest.mark.parametrize("option", [["--halo", "64"], ["--workers", "2"], ["--scheduler", "tcp://x:1"],
+                                    ["--no-qc"], ["--axon-shape", "circle"], ["--tile-size", "64"],
+                                    ["--myelin-label", "1"], ["--image-dir", "."], ["--label-suffix", "manual"]])
+def test_mtneuro_refuses_axon_and_slide_options(tmp_path, capsys, option):
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(folder / "slice.png")
+    assert run(folder, "-o", tmp_path / "out", "--mtneuro", *option) == 1
+    assert f"{option[0]}: not available with --mtneuro" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ import pytest
 from nnunet_ext.morphometrics import aggregate_morphometrics, axon_morphometrics
 from nnunet_ext.morphometrics.maps import tile_morphometrics
 from nnunet_ext.morphometrics.slide import NOTE_HALO, slide_morphometrics
-from tests.test_morphometrics import synthetic_fibres
+from test_morphometrics import synthetic_fibres
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +260,58 @@ def test_slide_image_name(tmp_path):
     plain.attrs["nnunet_ext"] = {"source": "/data/sub-01_sample-B.ome.tiff"}
     assert slide_image_name(tmp_path / "large_seg.zarr") == "sub-01_sample-B"
     assert slide_image_name(tmp_path / "slide.tif") == "slide"
+
+
+@pytest.mark.parametrize("roi_kind", [None, "png", "array"])
+def test_run_slide_filters_equal_in_memory(slide, tmp_path, roi_kind):
+    """Filtered slide aggregates (every key, ADS estimates and note included) equal the in-memory ones."""
+    import zarr
+    from PIL import Image
+
+    from nnunet_ext.morphometrics.aggregate import AGGREGATE_KEYS
+    from nnunet_ext.morphometrics.batch import apply_filters, run_slide
+
+    label, axon, myelin = slide
+    path = tmp_path / "slide.zarr"
+    zarr.open(str(path), mode="w", shape=label.shape, chunks=(64, 64), dtype=label.dtype)[:] = label
+    small, full = _ellipse_roi(label.shape, 4)
+    roi = {None: None, "array": small}.get(roi_kind, tmp_path / "roi.png")
+    if roi_kind == "png":
+        Image.fromarray(small.astype(np.uint8) * 255).save(roi)
+    filters = {"min_axon_area_um2": 1.0, "drop_border": True}
+    per_axon = axon_morphometrics(axon, myelin, 0.1, image_name="slide")
+    kept = apply_filters(per_axon, **filters)
+    assert 0 < len(kept) < len(per_axon)
+    roi_mask = None if roi is None else full
+    expected = aggregate_morphometrics(axon, myelin, 0.1, per_axon=kept, roi_mask=roi_mask)
+    unfiltered = aggregate_morphometrics(axon, myelin, 0.1, per_axon=per_axon, roi_mask=roi_mask)
+    # the test means something: the filters move the ADS estimates the slide path used to leave unfiltered
+    assert expected["mean_myelin_diam_ads (um)"] != pytest.approx(unfiltered["mean_myelin_diam_ads (um)"])
+    summary = run_slide(path, tmp_path / "out", 0.1, chunk_size=64, halo=48, qc=False, roi=roi, **filters)
+    ours = summary["aggregates"][0]
+    written = pd.read_csv(tmp_path / "out" / "aggregate_morphometrics.csv", keep_default_na=False).iloc[0]
+    for key in AGGREGATE_KEYS:
+        value = expected[key]
+        if isinstance(value, float):
+            assert ours[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key
+            assert float(written[key]) == pytest.approx(value, rel=1e-9, nan_ok=True), key
+        else:
+            assert ours[key] == value, key
+    assert ours["roi"] == {None: "", "array": "array"}.get(roi_kind, str(roi))
+    assert ours["axons_filtered_out"] == len(per_axon) - len(kept)
+
+
+def test_slide_roi_errors_name_the_file(slide, tmp_path):
+    from PIL import Image
+
+    label, _, _ = slide
+    three_values = tmp_path / "three_values.png"
+    Image.fromarray((np.arange(300 * 340).reshape(300, 340) % 3).astype(np.uint8)).save(three_values)
+    with pytest.raises(ValueError, match="binary") as error:
+        slide_morphometrics(label, 0.1, chunk_size=64, roi=three_values, progress=False)
+    assert str(three_values) in str(error.value)
+    wrong_shape = tmp_path / "wrong_shape.png"
+    Image.fromarray(np.full((100, 100), 255, np.uint8)).save(wrong_shape)
+    with pytest.raises(ValueError, match="downsampling") as error:
+        slide_morphometrics(label, 0.1, chunk_size=64, roi=wrong_shape, progress=False)
+    assert str(wrong_shape) in str(error.value)

@@ -232,23 +232,28 @@ def test_killed_run_resumes_and_skips_finished_blocks(spec, tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_blocks_in_flight_on_the_cpu_predict_with_their_own_model_copies(spec):
-    """Two threads borrowing at once get two predictors (so both cores predict); later borrowers reuse them."""
+    """Threads borrowing at once get their own predictors (so all cores predict); later borrowers reuse them. Copies
+    loaded at the same time leave sys.stdout as it was (loading silences nnU-Net with redirect_stdout)."""
+    import sys
     import threading
 
-    both_hold_one = threading.Barrier(2)
+    stdout_before = sys.stdout
+    in_flight = 4
+    all_hold_one = threading.Barrier(in_flight)
     borrowed = []
 
     def task():
         with borrowed_predictor(spec) as predictor:
             borrowed.append(predictor)
-            both_hold_one.wait(timeout=120)
+            all_hold_one.wait(timeout=240)
 
-    threads = [threading.Thread(target=task) for _ in range(2)]
+    threads = [threading.Thread(target=task) for _ in range(in_flight)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(borrowed) == 2 and borrowed[0] is not borrowed[1]
-    assert cached_predictor(spec) in borrowed  # the loaded model is one of them: one extra load, not two
+    assert sys.stdout is stdout_before and not sys.stdout.closed
+    assert len(borrowed) == in_flight and len({id(predictor) for predictor in borrowed}) == in_flight
+    assert cached_predictor(spec) in borrowed  # the loaded model is one of them: three extra loads, not four
     with borrowed_predictor(spec) as again:
         assert any(again is predictor for predictor in borrowed)

@@ -341,16 +341,13 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
     inside = kept if result.in_roi is None else kept[result.in_roi[kept.index.to_numpy()]]
     aggregate = dict(result.aggregate)
     if len(kept) != len(result.per_axon):  # pixel fractions stay; per-axon figures follow the filters
-        counts = aggregate_from_counts(inside, 1, 0, 0, pixel_size)
-        for key in ("axon_count", "mean_axon_diam (um)", "std_axon_diam (um)", "mean_myelin_thickness (um)",
-                    "std_myelin_thickness (um)", "mean_gratio", "std_gratio", "invalid_gratio_count",
-                    "invalid_gratio_fraction", "border_touching_count"):
-            aggregate[key] = counts[key]
-        aggregate["axon_density (per mm^2)"] = len(inside) / aggregate["area (mm^2)"] \
-            if aggregate["area (mm^2)"] else float("nan")
+        # the same counts and function as the unfiltered aggregate, so every key (ADS estimates, note) follows
+        aggregate = aggregate_from_counts(inside, *result.pixel_counts, pixel_size)
+        aggregate["image"] = result.aggregate["image"]
+        aggregate = {key: aggregate[key] for key in AGGREGATE_KEYS}
     filter_text = ", ".join(f"{k}={v}" for k, v in filters.items() if v not in (None, False)) or "none"
     aggregate.update(image=name, source=str(source), pixel_size_um=pixel_size, pixel_size_source=pixel_source,
-                     axon_shape=axon_shape, roi=str(roi or ""), filters=filter_text,
+                     axon_shape=axon_shape, roi=_roi_text(roi), filters=filter_text,
                      axons_filtered_out=len(result.per_axon) - len(kept), halo_exceeded=result.halo_exceeded)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -385,3 +382,10 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
         warnings.warn(f"{source}: {result.halo_exceeded} fibre(s) reach a chunk halo (noted in the CSV); rerun "
                       f"with a larger --halo for exact values")
     return {"images": 1, "axons": len(kept), "files": written, "aggregates": [aggregate]}
+
+
+def _roi_text(roi) -> str:
+    """The ``roi`` column: the mask's path, "array" for an in-memory mask, empty without one."""
+    if roi is None:
+        return ""
+    return str(roi) if isinstance(roi, (str, os.PathLike)) else "array"

@@ -17,12 +17,12 @@ def register_cli(subparsers) -> None:
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument("--pixel-size", type=float, default=None, metavar="UM",
                         help="pixel size in um (default: BIDS sidecar, <name>.json, or pixel_size_in_micrometer.txt)")
-    parser.add_argument("--axon-shape", choices=("circle", "ellipse"), default="circle",
+    parser.add_argument("--axon-shape", choices=("circle", "ellipse"), default=None,
                         help="diameter as equivalent circle (default) or ellipse minor axis, as ADS")
-    parser.add_argument("--myelin-label", type=int, default=1, help="myelin value in label images (default 1)")
+    parser.add_argument("--myelin-label", type=int, default=None, help="myelin value in label images (default 1)")
     parser.add_argument("--axon-label", type=int, default=None,
                         help="axon value in label images (default 2; 3 with --mtneuro)")
-    parser.add_argument("--label-suffix", default="manual",
+    parser.add_argument("--label-suffix", default=None,
                         help="BIDS label derivatives to use: <stem>_seg-axon-<suffix>.png (default manual)")
     parser.add_argument("--image-dir", default=None,
                         help="folder with the microscopy images of predictions (<name>_0000.png or <name>.png), "
@@ -31,8 +31,8 @@ def register_cli(subparsers) -> None:
                         help="ROI mask (one input) or folder of <name>.png ROI masks: aggregates within it; for a "
                              "slide a Zarr/TIFF/PNG mask at its resolution or downsampled by a whole factor")
     parser.add_argument("--maps", action="store_true", help="also write tile maps (CSV and heat-map PNGs)")
-    parser.add_argument("--tile-size", type=float, default=256, help="map tile edge (default 256)")
-    parser.add_argument("--tile-unit", choices=("px", "um"), default="px", help="unit of --tile-size (default px)")
+    parser.add_argument("--tile-size", type=float, default=None, help="map tile edge (default 256)")
+    parser.add_argument("--tile-unit", choices=("px", "um"), default=None, help="unit of --tile-size (default px)")
     parser.add_argument("--min-axon-area", type=float, default=None, metavar="UM2",
                         help="filter: drop axons smaller than this area in um^2")
     parser.add_argument("--drop-border", action="store_true", help="filter: drop fibres touching the image border")
@@ -43,7 +43,7 @@ def register_cli(subparsers) -> None:
         "whole slides", "a label image larger than memory (Zarr, OME-Zarr, tiled TIFF) is measured chunk by chunk "
         "through Dask; used for *.zarr inputs or whenever --chunk-size is given")
     slide.add_argument("--chunk-size", type=int, default=None, help="chunk core size in px (default 2048)")
-    slide.add_argument("--halo", type=int, default=256,
+    slide.add_argument("--halo", type=int, default=None,
                        help="margin read around each chunk, px (default 256); fibres reaching it are reported")
     slide.add_argument("--scheduler", default=None, help="dask.distributed scheduler address (default: threads)")
     slide.add_argument("--workers", type=int, default=None, help="threads of the local scheduler (default: cores)")
@@ -67,8 +67,11 @@ def _run(args) -> int:
 
     if args.mtneuro:
         return _run_mtneuro(args)
-    if args.axon_label is None:
-        args.axon_label = 2
+    # defaults of axon morphometrics; None in the parser so that --mtneuro can tell which options were given
+    for option, default in (("axon_label", 2), ("myelin_label", 1), ("axon_shape", "circle"),
+                            ("label_suffix", "manual"), ("tile_size", 256), ("tile_unit", "px"), ("halo", 256)):
+        if getattr(args, option) is None:
+            setattr(args, option, default)
     tile_px = int(args.tile_size) if args.tile_unit == "px" else None
     tile_um = args.tile_size if args.tile_unit == "um" else None
     if args.tile_unit == "px" and args.tile_size != int(args.tile_size):
@@ -97,11 +100,11 @@ def _run(args) -> int:
 def _run_mtneuro(args) -> int:
     from nnunet_ext.morphometrics.mtneuro import MTNEURO_CSV, run_semantic_features
 
-    refused = [flag for flag, used in (("--roi", args.roi), ("--maps", args.maps), ("--chunk-size", args.chunk_size),
-                                       ("--min-axon-area", args.min_axon_area is not None),
-                                       ("--drop-border", args.drop_border), ("--drop-invalid", args.drop_invalid),
-                                       ("--image-name", args.image_name is not None))
-               if used]
+    # every option of axon morphometrics and whole slides: none of them means anything for MTNeuro maps
+    axon_only = ("--axon-shape", "--myelin-label", "--label-suffix", "--image-dir", "--roi", "--maps", "--tile-size",
+                 "--tile-unit", "--min-axon-area", "--drop-border", "--drop-invalid", "--no-qc", "--chunk-size",
+                 "--halo", "--scheduler", "--workers", "--image-name")
+    refused = [flag for flag in axon_only if getattr(args, flag[2:].replace("-", "_")) not in (None, False)]
     if refused:
         raise ValueError(f"{', '.join(refused)}: not available with --mtneuro")
     table = run_semantic_features(args.input, args.output, args.pixel_size, vessel_label=args.vessel_label,

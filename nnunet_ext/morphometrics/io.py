@@ -23,6 +23,10 @@ OME_UNITS_IN_UM = {
 LABEL_EXTENSIONS = (".png", ".tif", ".tiff", ".nii.gz", ".nii", ".nrrd", ".mha")
 
 
+class PixelSizeNotFoundError(ValueError):
+    """No source gives an image's pixel size (as opposed to a source that is there but broken)."""
+
+
 def strip_extension(name: str) -> str:
     """File name without its (possibly double) extension: ``a.nii.gz`` -> ``a``."""
     lower = name.lower()
@@ -70,7 +74,9 @@ def read_label_volume(path: str | os.PathLike) -> np.ndarray:
     """A 2D label map or a 3D stack (Z, H, W) of them, as an integer array: PNG, TIFF (stacks too), NumPy
     ``.npy``, or anything SimpleITK reads (NIfTI, NRRD, MHA, as nnU-Net writes 3D predictions).
 
-    Raises ``ValueError`` naming the file for colour images, non-integer values or more than three dimensions.
+    Raises ``ValueError`` naming the file for colour PNG/TIFF images (RGB(A) or several samples per pixel; a
+    palette TIFF's indices are read as labels), non-integer values or more than three dimensions. A ``.npy``
+    array has no colour metadata: its axes are taken as (H, W) or (Z, H, W).
     """
     path = Path(path)
     if not path.is_file():
@@ -81,7 +87,16 @@ def read_label_volume(path: str | os.PathLike) -> np.ndarray:
     elif lower.endswith((".tif", ".tiff")):
         import tifffile
 
-        array = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            # colour is in the tags: an RGB(A) image would otherwise read as H slices of W x 3(4)
+            if page.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR) \
+                    or page.samplesperpixel > 1:
+                photometric = getattr(page.photometric, "name", page.photometric)
+                raise ValueError(f"{path}: colour TIFF (photometric {photometric}, "
+                                 f"{page.samplesperpixel} samples per pixel); label maps must be single-channel "
+                                 f"(write stacks with photometric='minisblack')")
+            array = tif.asarray()
     elif lower.endswith(".npy"):
         array = np.load(path, allow_pickle=False)
     else:
@@ -127,13 +142,19 @@ def pixel_size_from_sidecar(path: str | os.PathLike) -> float:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
-    if "PixelSize" in meta:
-        return bids_pixel_size(path)
-    if "spacing" in meta:  # nnU-Net's Tiff3DIO sidecar: spacing in the image's own unit, assumed um here
-        spacing = [float(s) for s in meta["spacing"]][-2:]
-        if len(set(spacing)) != 1:
-            raise ValueError(f"{path}: anisotropic spacing {spacing} is not supported")
-        return check_pixel_size(spacing[0])
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    try:
+        if "PixelSize" in meta:
+            return bids_pixel_size(path)
+        if "spacing" in meta:  # nnU-Net's Tiff3DIO sidecar: spacing in the image's own unit, assumed um here
+            spacing = [float(s) for s in meta["spacing"]][-2:]
+            if len(set(spacing)) != 1:
+                raise ValueError(f"anisotropic spacing {spacing} is not supported")
+            return check_pixel_size(spacing[0])
+    except (TypeError, ValueError) as error:  # e.g. a non-numeric PixelSize: name the file once
+        message = str(error)
+        raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from None
     raise ValueError(f"{path}: no 'PixelSize' (BIDS) or 'spacing' field")
 
 
@@ -227,7 +248,9 @@ def find_pixel_size(image_path: str | os.PathLike, pixel_size_um: float | None =
 
     In order: ``pixel_size_um`` if given; for a Zarr store, its OME-Zarr metadata (:func:`pixel_size_from_ome_zarr`);
     a JSON sidecar beside the image (``<stem>.json``); a ``pixel_size_in_micrometer.txt`` in the image's folder.
-    Raises ``ValueError`` naming the image when none (and saying what was wrong with unusable OME metadata).
+    Raises :class:`PixelSizeNotFoundError` (a ``ValueError``) naming the image when none (and saying what was
+    wrong with unusable OME metadata), and ``ValueError`` naming the file when a sidecar or
+    ``pixel_size_in_micrometer.txt`` is there but unreadable.
     """
     image_path = Path(image_path)
     if pixel_size_um is not None:
@@ -248,5 +271,5 @@ def find_pixel_size(image_path: str | os.PathLike, pixel_size_um: float | None =
     text_file = image_path.parent / PIXEL_SIZE_FILE
     if text_file.is_file():
         return read_pixel_size_file(text_file), str(text_file)
-    raise ValueError(f"{image_path}: pixel size unknown: {ome_note}give --pixel-size, or put {sidecar.name} (BIDS "
-                     f"'PixelSize') or {PIXEL_SIZE_FILE} beside it")
+    raise PixelSizeNotFoundError(f"{image_path}: pixel size unknown: {ome_note}give --pixel-size, or put "
+                                 f"{sidecar.name} (BIDS 'PixelSize') or {PIXEL_SIZE_FILE} beside it")

@@ -112,7 +112,8 @@ def run_semantic_features(path: str | os.PathLike, out_dir: str | os.PathLike, p
     out_dir : folder
     pixel_size_um : float, optional
         For every map; otherwise each map's own (``<name>.json`` sidecar or ``pixel_size_in_micrometer.txt``, as
-        :func:`~nnunet_ext.morphometrics.io.find_pixel_size`), and without one the um columns stay NaN.
+        :func:`~nnunet_ext.morphometrics.io.find_pixel_size`), and without one the um columns stay NaN. A sidecar
+        or text file that is there but unreadable raises ``ValueError`` naming it.
     vessel_label, cell_label, axon_label, connectivity
         As :func:`semantic_features`.
     overwrite : bool
@@ -124,7 +125,12 @@ def run_semantic_features(path: str | os.PathLike, out_dir: str | os.PathLike, p
         ``image``, ``pixel_size_um`` and ``MTNEURO_COLUMNS``, one row per slice of every map. The CSV is written
         to a temporary file and moved into place.
     """
-    from nnunet_ext.morphometrics.io import find_pixel_size, read_label_volume, strip_extension
+    from nnunet_ext.morphometrics.io import (
+        PixelSizeNotFoundError,
+        find_pixel_size,
+        read_label_volume,
+        strip_extension,
+    )
 
     files = find_label_maps(path)
     out_dir = Path(out_dir)
@@ -135,10 +141,8 @@ def run_semantic_features(path: str | os.PathLike, out_dir: str | os.PathLike, p
     for file in files:
         try:
             size = find_pixel_size(file, pixel_size_um)[0]
-        except ValueError:
-            if pixel_size_um is not None:
-                raise
-            size = None  # sizes and distances in px only
+        except PixelSizeNotFoundError:  # none given: sizes and distances in px only; a broken file still raises
+            size = None
         labels = read_label_volume(file)
         try:
             table = semantic_features(labels, size, vessel_label, cell_label, axon_label, connectivity)

@@ -129,6 +129,9 @@ class SlideResult:
     chunks: int
     in_roi: np.ndarray | None = None  # per row of ``per_axon``: centroid pixel inside the ROI (with an ROI)
     tile_counts: tuple | None = None  # per-tile (area, axon, myelin) pixel counts behind ``tiles``
+    # (area, axon, myelin) pixel counts behind ``aggregate`` (inside the ROI with one), so that a filtered
+    # aggregate is recomputed from the same counts with aggregate_from_counts
+    pixel_counts: tuple | None = None
 
 
 def _chunk_grid(shape, chunk):
@@ -137,7 +140,7 @@ def _chunk_grid(shape, chunk):
 
 
 def measure_chunk(source, core, halo, pixel_size, axon_shape, myelin_label, axon_label, tile, step,
-                  roi_source=None, roi_scale=1):
+                  roi_source=None, roi_scale=1, roi_name="ROI mask"):
     """Measure one chunk core with its halo; returns the owned rows and the core's pixel counts.
 
     With an ROI, the rows get an ``_in_roi`` column (centroid pixel inside it) and the counts are taken inside it.
@@ -175,7 +178,7 @@ def measure_chunk(source, core, halo, pixel_size, axon_shape, myelin_label, axon
     core_axon = axon[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
     core_myelin = myelin[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
     if roi_source is not None:
-        roi = read_roi_block(open_roi_source(roi_source), roi_scale, y0, x0, y1, x1)
+        roi = read_roi_block(open_roi_source(roi_source), roi_scale, y0, x0, y1, x1, name=roi_name)
         table["_in_roi"] = roi[rows[owned] - y0, cols[owned] - x0]
         core_axon, core_myelin, area = core_axon & roi, core_myelin & roi, roi
     else:
@@ -244,10 +247,12 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
     if len(array.shape) != 2:
         raise ValueError(f"label image must be 2D, got shape {array.shape}")
     height, width = array.shape
-    roi_source, roi_scale = None, 1
+    roi_source, roi_scale, roi_name = None, 1, "ROI mask"
     if roi is not None:
         roi_array = open_roi_source(roi)
-        roi_scale = roi_factor(roi_array.shape, (height, width))
+        # errors about the mask name its file (or say it is an array)
+        roi_name = f"{roi}: ROI mask" if isinstance(roi, (str, os.PathLike)) else "ROI mask"
+        roi_scale = roi_factor(roi_array.shape, (height, width), roi_name)
         # tasks open a file source themselves; an image read into memory travels with them
         roi_source = roi if isinstance(roi, (str, os.PathLike)) and not isinstance(roi_array, np.ndarray) \
             else roi_array
@@ -255,7 +260,8 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
     grid = _chunk_grid((height, width), int(chunk_size))
     task_source = source if not isinstance(source, np.ndarray) else array
     tasks = [dask.delayed(measure_chunk)(task_source, core, int(halo), pixel_size, axon_shape, myelin_label,
-                                         axon_label, tile_size_px, step, roi_source, roi_scale) for core in grid]
+                                         axon_label, tile_size_px, step, roi_source, roi_scale, roi_name)
+             for core in grid]
     if scheduler:
         from dask.distributed import Client
 
@@ -306,7 +312,7 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
     else:
         tile_counts = None
     return SlideResult(per_axon[COLUMNS], aggregate, tiles, overview, step, halo_exceeded, len(grid), in_roi,
-                       tile_counts)
+                       tile_counts, (area_pixels, axon_pixels, myelin_pixels))
 
 
 class _nothing:

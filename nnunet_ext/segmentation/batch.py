@@ -103,13 +103,11 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def _pixel_size(path: Path, option: float | None) -> tuple[float | None, str]:
-    from nnunet_ext.morphometrics.io import find_pixel_size
+    from nnunet_ext.morphometrics.io import PixelSizeNotFoundError, find_pixel_size
 
     try:
         return find_pixel_size(path, option)
-    except ValueError:
-        if option is not None:
-            raise
+    except PixelSizeNotFoundError:  # none given: fine for segmenting; a broken sidecar still raises, naming it
         return None, ""
 
 

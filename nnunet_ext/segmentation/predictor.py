@@ -140,8 +140,20 @@ def block_predictor_class():
     return _BlockPredictor
 
 
+_LOAD_LOCK = threading.Lock()  # one load at a time: redirect_stdout swaps the process's one sys.stdout
+
+
 def load_predictor(spec: ModelSpec):
-    """Load the model with nnU-Net's ``initialize_from_trained_model_folder``; returns a block-capable predictor."""
+    """Load the model with nnU-Net's ``initialize_from_trained_model_folder``; returns a block-capable predictor.
+
+    Loads are serialised (threads borrowing model copies may load at once): ``contextlib.redirect_stdout`` swaps
+    the process-wide ``sys.stdout``, and interleaved swaps would leave it pointing at a closed file.
+    """
+    with _LOAD_LOCK:
+        return _load_predictor(spec)
+
+
+def _load_predictor(spec: ModelSpec):
     import torch
 
     os.environ["nnUNet_extTrainer"] = ext_trainer_path_value()  # so that nnU-Net finds our trainers
@@ -217,7 +229,8 @@ def cached_predictor(spec: ModelSpec):
     if spec.threads and predictor.device.type == "cpu":
         import torch
 
-        torch.set_num_threads(int(spec.threads))  # torch keeps the count per thread: set it in the caller's
+        # sets the calling thread's count (and the default of threads started later; segment_slide restores it)
+        torch.set_num_threads(int(spec.threads))
     return predictor
 
 

@@ -366,7 +366,7 @@ def predict_block(spec: ModelSpec, source, core, plan: SlidePlan) -> dict:
         data = torch.from_numpy(normalize_block(window, shared, plan.statistics)[None, None])
         del window
         if shared.device.type == "cpu":
-            # torch keeps its thread count per thread: set it in the thread that predicts
+            # the count applies to the calling thread (and to threads started later: segment_slide restores it)
             torch.set_num_threads(plan.threads or _cluster_worker_threads())
         with borrowed_predictor(spec) as predictor, predictor.tiles(starts_y, starts_x):
             logits = predictor.predict_logits_from_preprocessed_data(data)
@@ -539,35 +539,40 @@ def segment_slide(source, output: str | os.PathLike, spec: ModelSpec, block_size
     fingerprint = _fingerprint(info, slide.name, slide.shape, block_size, save_probabilities)
     grid = block_grid(slide.shape, block_size)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with _dask_client(scheduler) as client:
-        task_source = source
-        if client is not None and isinstance(source, np.ndarray):
-            task_source = client.scatter(source, broadcast=True)  # a slide in memory goes to every worker once
-        run = functools.partial(_run_tasks, client=client, workers=workers or 2, progress=progress)
-        statistics_started = time.perf_counter()
-        if partial.exists():
-            statistics = _resume_statistics(partial, fingerprint)
-        else:
-            statistics = combine_statistics(run(block_statistics, [(task_source, core) for core in grid],
-                                                description="statistics"), slide.shape)
-            _create_partial(partial, slide.shape, block_size, predictor, save_probabilities,
-                            {"complete": False, "run": fingerprint, "model": info, "statistics": statistics.as_dict(),
-                             "source": slide.name, "patch_size": list(patch),
-                             "normalization": predictor.configuration_manager.normalization_schemes[0]})
-        statistics_seconds = time.perf_counter() - statistics_started
-        box = statistics.nonzero_box
-        extent = (0, 0) if box is None else (box[0][1] - box[0][0], box[1][1] - box[1][0])
-        threads = spec.threads
-        if threads is None and client is None and predictor.device.type == "cpu":
-            import torch
+    import torch
 
-            threads = max(1, torch.get_num_threads() // (workers or 2))  # the cores shared by the blocks in flight
-        plan = SlidePlan(str(partial), statistics, tuple(axis_tiles(extent[0], patch[0], spec.tile_step_size)),
-                         tuple(axis_tiles(extent[1], patch[1], spec.tile_step_size)), patch, save_probabilities,
-                         threads)
-        todo = [core for core in grid if not _marker(str(partial), core).is_file()]
-        run(predict_block, [(spec, task_source, core, plan) for core in todo], description="blocks",
-            initial=len(grid) - len(todo), total=len(grid))
+    threads_before = torch.get_num_threads()
+    try:
+        with _dask_client(scheduler) as client:
+            task_source = source
+            if client is not None and isinstance(source, np.ndarray):
+                task_source = client.scatter(source, broadcast=True)  # a slide in memory goes to every worker once
+            run = functools.partial(_run_tasks, client=client, workers=workers or 2, progress=progress)
+            statistics_started = time.perf_counter()
+            if partial.exists():
+                statistics = _resume_statistics(partial, fingerprint)
+            else:
+                statistics = combine_statistics(run(block_statistics, [(task_source, core) for core in grid],
+                                                    description="statistics"), slide.shape)
+                _create_partial(partial, slide.shape, block_size, predictor, save_probabilities,
+                                {"complete": False, "run": fingerprint, "model": info,
+                                 "statistics": statistics.as_dict(), "source": slide.name, "patch_size": list(patch),
+                                 "normalization": predictor.configuration_manager.normalization_schemes[0]})
+            statistics_seconds = time.perf_counter() - statistics_started
+            box = statistics.nonzero_box
+            extent = (0, 0) if box is None else (box[0][1] - box[0][0], box[1][1] - box[1][0])
+            threads = spec.threads
+            if threads is None and client is None and predictor.device.type == "cpu":
+                # the cores shared by the blocks in flight
+                threads = max(1, torch.get_num_threads() // (workers or 2))
+            plan = SlidePlan(str(partial), statistics, tuple(axis_tiles(extent[0], patch[0], spec.tile_step_size)),
+                             tuple(axis_tiles(extent[1], patch[1], spec.tile_step_size)), patch, save_probabilities,
+                             threads)
+            todo = [core for core in grid if not _marker(str(partial), core).is_file()]
+            run(predict_block, [(spec, task_source, core, plan) for core in todo], description="blocks",
+                initial=len(grid) - len(todo), total=len(grid))
+    finally:
+        torch.set_num_threads(threads_before)  # tasks set their threads' counts, which also become torch's default
     missing = [core for core in grid if not _marker(str(partial), core).is_file()]
     if missing:
         raise RuntimeError(f"{partial}: {len(missing)} block(s) have no completion marker; run again to resume")
