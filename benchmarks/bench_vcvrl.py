@@ -7,7 +7,7 @@ and nnU-Net's default 2D topology (7 stages, 32 to 512 features, batch 12) at a 
 ~6.7 GFLOP per step (3 pools x 513 rows through 512-wide MLPs), so the ratio is largest on the tiniest plans. Steps of the two
 trainers alternate, so that load from other processes on the machine hits both alike; medians are reported.
 
-    python benchmarks/bench_vcvrl.py                     # all plans below (about 6 min on the idle 2-core machine)
+    python benchmarks/bench_vcvrl.py                  # all plans below (about 10 min on the idle 2-core machine)
     python benchmarks/bench_vcvrl.py --plans cpu-2d --steps 20
 """
 from __future__ import annotations
