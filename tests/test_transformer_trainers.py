@@ -293,6 +293,12 @@ def test_plans_vit_writes_fitting_plans_that_can_share_preprocessed_data(tiny_nn
         write_vit_plans(ds.dataset_id, "2d", "vit_b", patch_size=[40, 40], target_plans="nnUNetPlans_unfit")
     with pytest.raises(FileExistsError, match="--overwrite"):
         write_vit_plans(ds.dataset_id, "2d", "vit_b", patch_size=[48, 48], target_plans="nnUNetPlans_checkown")
+    with pytest.raises(FileNotFoundError, match=r"(?s)nnUNetPlans_checkown_2d: no preprocessed data.*"
+                                                r"nnUNetv2_preprocess -d \d+ -plans_name nnUNetPlans_checkown -c 2d"):
+        write_vit_plans(ds.dataset_id, "2d", "vit_b", patch_size=[48, 48], backbone_kwargs=TINY_VIT,
+                        source_plans="nnUNetPlans_checkown", target_plans="nnUNetPlans_unprocessed",
+                        reuse_preprocessed=True)
+    assert not (folder / "nnUNetPlans_unprocessed.json").exists()
 
 
 def _training_logs(fold_folder) -> list[str]:
@@ -430,3 +436,14 @@ def test_pretrained_trainer_with_its_variable_unset_needs_nnunet_weights(stock_r
         assert trainer.dataloader_train is None  # stopped before any data was loaded
         load_pretrained_weights(trainer.network, str(run.model_folder / "fold_0" / "checkpoint_final.pth"))
         trainer.check_encoder_weights()  # nnU-Net's weights are in: training may start
+
+    # a variable naming no file (e.g. a stale one on the machine that runs --val) behaves the same: no error before
+    # training, and the error names the variable and the file when nothing else loaded the encoder
+    monkeypatch.setenv(run.variable, str(run.model_folder / "moved_away.pth"))
+    with applied_environment(run.dataset.env):
+        trainer = nnUNetTrainerEMSAM({**plans, "continue_training": False}, run.configuration, 3, dataset_json,
+                                     torch.device("cpu"))
+        trainer.initialize()
+        with pytest.raises(FileNotFoundError, match=rf"(?s){run.variable}=.*moved_away.pth: no such file.*"
+                                                    r"-pretrained_weights FILE"):
+            trainer.on_train_start()

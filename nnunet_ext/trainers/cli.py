@@ -55,4 +55,8 @@ def _run_plans_vit(args) -> int:
     preprocess = "" if args.reuse_preprocessed else (
         f"nnUNetv2_preprocess -d {args.dataset} -plans_name {plans} -c {args.configuration}\n      ")
     print(f"Next: {preprocess}nnUNetv2_train {args.dataset} {args.configuration} FOLD -p {plans} -tr TRAINER")
+    if args.reuse_preprocessed:
+        print(f"These plans read {args.source_plans}'s preprocessed data: do not run nnUNetv2_preprocess for {plans} "
+              f"(nnU-Net would delete and rewrite that shared folder), and write them again if you re-plan "
+              f"{args.source_plans}.")
     return 0

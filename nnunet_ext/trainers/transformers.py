@@ -6,8 +6,8 @@ trainers add the AxonCallosumEM recipe (all parameters trained with SGD, linear 
 pretrained encoder weights from the local file that an environment variable names. Those weights are loaded once in
 :meth:`initialize`, before nnU-Net applies ``-pretrained_weights``, which keeps working and takes precedence (the
 variable may then be left unset: training refuses to start only when nothing loaded the encoder); a training
-continued with ``--c`` takes its weights from its checkpoint and does not read the variable, nor does
-``nnUNetv2_train --val``. Prediction never needs the file (the trained weights are in the nnU-Net checkpoint).
+continued with ``--c`` takes its weights from its checkpoint and does not read the variable, and
+``nnUNetv2_train --val`` needs no file (when the variable names one, it is read and then replaced by the checkpoint). Prediction never needs the file (the trained weights are in the nnU-Net checkpoint).
 
 Usage::
 
@@ -84,6 +84,7 @@ class nnUNetTrainerViT(nnUNetTrainer):
         self.resuming = resuming
         # the patch embedding as initialised, kept while the release checkpoint is not loaded (variable unset)
         self._encoder_at_initialisation: torch.Tensor | None = None
+        self._missing_weights_error: FileNotFoundError | None = None
         self.initial_lr = 1e-2
         self.momentum = 0.9
         self.warmup_fraction = 0.05
@@ -110,11 +111,14 @@ class nnUNetTrainerViT(nnUNetTrainer):
             self.print_to_log_file("continuing a training: encoder weights come from its checkpoint, "
                                    f"{self.checkpoint_variable} is not read")
             return
-        if not os.environ.get(self.checkpoint_variable, "").strip():
-            # nnU-Net may still load every weight itself (-pretrained_weights, --val): decided in on_train_start
+        try:
+            path = checkpoint_path_from_env(self.checkpoint_variable, self.checkpoint_description)
+        except FileNotFoundError as error:
+            # variable unset or naming no file: nnU-Net may still load every weight itself (-pretrained_weights,
+            # --val, which never calls on_train_start); whether training may start is decided in on_train_start
             self._encoder_at_initialisation = self._patch_embedding().detach().clone()
+            self._missing_weights_error = error
             return
-        path = checkpoint_path_from_env(self.checkpoint_variable, self.checkpoint_description)
         report = load_pretrained_encoder(self._plain_network(), path, self.checkpoint_source, self.inflation,
                                          verbose=False)
         self.print_to_log_file(str(report))
@@ -138,12 +142,12 @@ class nnUNetTrainerViT(nnUNetTrainer):
             return
         if torch.equal(self._encoder_at_initialisation, self._patch_embedding().detach()):
             raise FileNotFoundError(
-                f"environment variable {self.checkpoint_variable} is not set: {self.__class__.__name__} starts from "
-                f"{self.checkpoint_description}, e.g.\n    export {self.checkpoint_variable}=/path/to/checkpoint.pth\n"
-                f"(a local file, nothing is downloaded). To start from an nnU-Net checkpoint instead, pass "
-                f"nnUNetv2_train ... -pretrained_weights FILE; to train from scratch, use nnUNetTrainerViT.")
-        self.print_to_log_file(f"{self.checkpoint_variable} not set: encoder weights come from nnU-Net "
-                               f"(-pretrained_weights)")
+                f"{self._missing_weights_error}\n{self.__class__.__name__} starts from {self.checkpoint_description}, "
+                f"read from the local file {self.checkpoint_variable} names (nothing is downloaded). To start from an "
+                f"nnU-Net checkpoint instead, pass nnUNetv2_train ... -pretrained_weights FILE; to train from "
+                f"scratch, use nnUNetTrainerViT.")
+        self.print_to_log_file(f"{self.checkpoint_variable} unset or naming no file: encoder weights come from "
+                               f"nnU-Net (-pretrained_weights)")
         self._encoder_at_initialisation = None
 
     def on_train_start(self):

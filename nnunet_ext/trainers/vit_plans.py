@@ -89,6 +89,8 @@ def write_vit_plans(dataset: str | int, configuration: str = "2d", backbone: str
         Keep the source configuration's ``data_identifier``, so training reads the data already preprocessed for
         ``source_plans`` and ``nnUNetv2_preprocess`` need not run again. Safe because only the patch size, batch size
         and network change, none of which enters preprocessing (spacing, normalisation and resampling are kept).
+        The source data must exist. Do not run ``nnUNetv2_preprocess`` for the new plans (nnU-Net would delete and
+        rewrite the shared folder), and write them again if the source plans are re-planned.
 
     Returns
     -------
@@ -96,7 +98,7 @@ def write_vit_plans(dataset: str | int, configuration: str = "2d", backbone: str
         The written plans file.
     """
     from nnunet_ext.networks.vit_encoders import backbone_config
-    from nnunet_ext.trainers.plans import derive_plans
+    from nnunet_ext.trainers.plans import derive_plans, preprocessed_dataset_folder
 
     family, _ = backbone_config(backbone, backbone_kwargs)
     source_identifiers = _source_data_identifiers(dataset, source_plans) if reuse_preprocessed else {}
@@ -122,7 +124,14 @@ def write_vit_plans(dataset: str | int, configuration: str = "2d", backbone: str
         config["architecture"] = vit_architecture(patch, backbone, tokens, decoder_features, input_channel_mode,
                                                   backbone_kwargs)
         if reuse_preprocessed:
-            config["data_identifier"] = source_identifiers[name]
+            identifier = source_identifiers[name]
+            data = preprocessed_dataset_folder(dataset) / identifier
+            if not data.is_dir() or not any(data.iterdir()):
+                raise FileNotFoundError(
+                    f"{data}: no preprocessed data of {source_plans} configuration {name} to reuse; run "
+                    f"'nnUNetv2_preprocess -d {dataset} -plans_name {source_plans} -c {name}' first, or leave out "
+                    f"reuse_preprocessed (--reuse-preprocessed) and preprocess for the new plans")
+            config["data_identifier"] = identifier
 
     return derive_plans(dataset, target_plans or vit_plans_name(backbone), edit, [configuration],
                         source_plans=source_plans, overwrite=overwrite)
