@@ -52,38 +52,16 @@ def fixed_weight_model(folder: Path, patch: int = 96, features=(16, 32, 64, 128)
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    stages = len(features)
-    plans = {
-        "dataset_name": "Dataset999_BenchSlides", "plans_name": "nnUNetPlans_bench",
-        "original_median_spacing_after_transp": [999.0, 1.0, 1.0], "original_median_shape_after_transp": [1, 512, 512],
-        "image_reader_writer": "NaturalImage2DIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-        "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {"0": {"max": 255.0, "mean": 110.0, "median": 105.0,
-                                                              "min": 0.0, "percentile_00_5": 5.0,
-                                                              "percentile_99_5": 232.0, "std": 66.0}},
-        "configurations": {"2d": {
-            "data_identifier": "nnUNetPlans_bench_2d", "preprocessor_name": "DefaultPreprocessor", "batch_size": 8,
-            "patch_size": [patch, patch], "median_image_size_in_voxels": [512.0, 512.0], "spacing": [1.0, 1.0],
-            "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
-            "resampling_fn_data": "resample_data_or_seg_to_shape",
-            "resampling_fn_seg": "resample_data_or_seg_to_shape",
-            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
-                                                   "force_separate_z": None},
-            "architecture": {
-                "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                "arch_kwargs": {
-                    "n_stages": stages, "features_per_stage": list(features), "conv_op": "torch.nn.modules.conv.Conv2d",
-                    "kernel_sizes": [[3, 3]] * stages, "strides": [[1, 1]] + [[2, 2]] * (stages - 1),
-                    "n_conv_per_stage": [2] * stages, "n_conv_per_stage_decoder": [2] * (stages - 1),
-                    "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
-                    "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-                    "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
-            "batch_dice": True}},
-    }
+    from nnunet_ext.trainers.plans import plain_unet_plans
+
+    plans, _ = plain_unet_plans("Dataset999_BenchSlides", [patch, patch], features, 8, plans_name="nnUNetPlans_bench",
+                                image_reader_writer="NaturalImage2DIO", intensity_properties={
+                                    "max": 255.0, "mean": 110.0, "median": 105.0, "min": 0.0,
+                                    "percentile_00_5": 5.0, "percentile_99_5": 232.0, "std": 66.0})
+    # as nnU-Net plans 2D images: read as (1, y, x) volumes
+    plans.update(original_median_spacing_after_transp=[999.0, 1.0, 1.0],
+                 original_median_shape_after_transp=[1, 512, 512], transpose_forward=[0, 1, 2],
+                 transpose_backward=[0, 1, 2])
     dataset = {"channel_names": {"0": "grey"}, "labels": {"background": 0, "myelin": 1, "axon": 2},
                "numTraining": 0, "file_ending": ".png"}
     model = folder / "nnUNetTrainer__nnUNetPlans_bench__2d"

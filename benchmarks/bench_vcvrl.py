@@ -43,42 +43,11 @@ PLANS = {
 
 def cpu_plans(name: str) -> tuple[dict, str]:
     """nnU-Net plans for one entry of ``PLANS`` (PlainConvUNet with nnU-Net's default layers)."""
-    dim, features, patch, batch_size, _ = PLANS[name]
-    features, patch, stages = list(features), list(patch), len(features)
-    conv, norm = ("Conv2d", "InstanceNorm2d") if dim == 2 else ("Conv3d", "InstanceNorm3d")
-    resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
-    configuration = {
-        "data_identifier": DATA_IDENTIFIER, "preprocessor_name": "DefaultPreprocessor", "batch_size": batch_size,
-        "patch_size": patch, "median_image_size_in_voxels": patch, "spacing": [1.0] * dim,
-        "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
-        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": resampling,
-        "resampling_fn_seg": "resample_data_or_seg_to_shape",
-        "resampling_fn_seg_kwargs": {**resampling, "is_seg": True},
-        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-        "resampling_fn_probabilities_kwargs": resampling, "batch_dice": True,
-        "architecture": {
-            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-            "arch_kwargs": {
-                "n_stages": stages, "features_per_stage": features, "conv_op": f"torch.nn.modules.conv.{conv}",
-                "kernel_sizes": [[3] * dim] * stages, "strides": [[1] * dim] + [[2] * dim] * (stages - 1),
-                "n_conv_per_stage": [2] * stages, "n_conv_per_stage_decoder": [2] * (stages - 1), "conv_bias": True,
-                "norm_op": f"torch.nn.modules.instancenorm.{norm}", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-                "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
-                "nonlin_kwargs": {"inplace": True}},
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
-    }
-    name = "2d" if dim == 2 else "3d_fullres"
-    plans = {
-        "dataset_name": DATASET, "plans_name": "nnUNetPlans_cpu", "original_median_spacing_after_transp": [1.0] * dim,
-        "original_median_shape_after_transp": patch, "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": list(range(dim)), "transpose_backward": list(range(dim)),
-        "configurations": {name: configuration}, "experiment_planner_used": "ExperimentPlanner",
-        "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {"0": {
-            "max": 1.0, "mean": 0.0, "median": 0.0, "min": -1.0, "percentile_00_5": -1.0, "percentile_99_5": 1.0,
-            "std": 1.0}},
-    }
-    return plans, name
+    from nnunet_ext.trainers.plans import plain_unet_plans
+
+    _, features, patch, batch_size, _ = PLANS[name]
+    return plain_unet_plans(DATASET, patch, features, batch_size, plans_name="nnUNetPlans_cpu",
+                            data_identifier=DATA_IDENTIFIER)
 
 
 def set_up_nnunet_folders(base: Path) -> None:

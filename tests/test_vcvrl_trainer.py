@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_ext.trainers.losses.vcvrl_loss import VCVRLConfig
+from nnunet_ext.trainers.plans import plain_unet_plans
 from nnunet_ext.trainers.vcvrl import CHECKPOINT_KEY, SIMILARITY_LOG_KEY, nnUNetTrainerVCVRL
 
 DATASET = "Dataset987_VCVRLUnit"
@@ -40,45 +41,6 @@ class SmallVCVRLSecondStage(nnUNetTrainerVCVRL):
     vcvrl_config = VCVRLConfig(**SMALL, encoder_stage=1)
 
 
-def _plans(dim: int, patch, features=(4, 8, 16), batch_size=2) -> tuple[dict, str]:
-    """nnU-Net plans for a PlainConvUNet as nnU-Net's planner writes them (instance norm, leaky ReLU)."""
-    conv, norm = ("Conv2d", "InstanceNorm2d") if dim == 2 else ("Conv3d", "InstanceNorm3d")
-    stages = len(features)
-    resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
-    configuration = {
-        "data_identifier": "vcvrl_unit", "preprocessor_name": "DefaultPreprocessor", "batch_size": batch_size,
-        "patch_size": list(patch), "median_image_size_in_voxels": list(patch), "spacing": [1.0] * dim,
-        "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
-        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": resampling,
-        "resampling_fn_seg": "resample_data_or_seg_to_shape",
-        "resampling_fn_seg_kwargs": {**resampling, "is_seg": True},
-        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-        "resampling_fn_probabilities_kwargs": resampling, "batch_dice": True,
-        "architecture": {
-            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-            "arch_kwargs": {
-                "n_stages": stages, "features_per_stage": list(features), "conv_op": f"torch.nn.modules.conv.{conv}",
-                "kernel_sizes": [[3] * dim] * stages, "strides": [[1] * dim] + [[2] * dim] * (stages - 1),
-                "n_conv_per_stage": [2] * stages, "n_conv_per_stage_decoder": [2] * (stages - 1), "conv_bias": True,
-                "norm_op": f"torch.nn.modules.instancenorm.{norm}", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-                "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
-                "nonlin_kwargs": {"inplace": True}},
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
-    }
-    name = "2d" if dim == 2 else "3d_fullres"
-    plans = {
-        "dataset_name": DATASET, "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [1.0] * dim,
-        "original_median_shape_after_transp": list(patch), "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": list(range(dim)), "transpose_backward": list(range(dim)),
-        "configurations": {name: configuration}, "experiment_planner_used": "ExperimentPlanner",
-        "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {"0": {
-            "max": 1.0, "mean": 0.0, "median": 0.0, "min": -1.0, "percentile_00_5": -1.0, "percentile_99_5": 1.0,
-            "std": 1.0}},
-    }
-    return plans, name
-
-
 @pytest.fixture
 def nnunet_folders(tmp_path, monkeypatch):
     for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -91,9 +53,10 @@ def nnunet_folders(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _trainer(cls=SmallVCVRL, dim=2, patch=(32, 32), labels=None, regions_class_order=None,
+def _trainer(cls=SmallVCVRL, patch=(32, 32), labels=None, regions_class_order=None,
              deep_supervision=True, fold=0):
-    plans, configuration = _plans(dim, patch)
+    plans, configuration = plain_unet_plans(DATASET, patch, features_per_stage=(4, 8, 16), batch_size=2,
+                                            data_identifier="vcvrl_unit")
     plans["continue_training"] = False
     dataset_json = {"channel_names": {"0": "image"}, "labels": labels or LABELS, "numTraining": 4,
                     "file_ending": ".nii.gz"}
@@ -168,7 +131,7 @@ def test_train_step_updates_network_and_heads(nnunet_folders, setting):
     if setting == "2d_no_deep_supervision":
         kwargs["deep_supervision"] = False
     elif setting == "3d":
-        kwargs.update(dim=3, patch=(16, 16, 16))
+        kwargs.update(patch=(16, 16, 16))
     elif setting == "ignore_label":
         kwargs["labels"] = {**LABELS, "ignore": 3}
         ignore = 3

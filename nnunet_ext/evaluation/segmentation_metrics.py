@@ -645,8 +645,9 @@ def metrics_table_for_csv(per_case, summary=None):
     return table
 
 
-def write_csv_atomically(table, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write a DataFrame as CSV through a temporary file in the same folder, then rename."""
+def write_csv_atomically(table, path: str | os.PathLike, overwrite: bool = False, **to_csv_kwargs) -> Path:
+    """Write a DataFrame as CSV (``to_csv`` options beside ``index=False``) through a temporary file in the same
+    folder, then rename."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; use --overwrite to replace it")
@@ -654,7 +655,7 @@ def write_csv_atomically(table, path: str | os.PathLike, overwrite: bool = False
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
-        table.to_csv(temporary, index=False)
+        table.to_csv(temporary, index=False, **to_csv_kwargs)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

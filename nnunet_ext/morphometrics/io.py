@@ -180,9 +180,13 @@ def _ome_multiscales(path: Path) -> list | None:
         node = zarr.open(str(path), mode="r")
     except Exception as error:  # noqa: BLE001 - any unreadable store is reported with its name
         raise ValueError(f"{path}: cannot open as Zarr ({error})") from None
-    attrs = dict(node.attrs)
-    multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
-    return multiscales or None
+    return ome_multiscales(node.attrs)
+
+
+def ome_multiscales(attrs) -> list | None:
+    """The ``multiscales`` list of a Zarr group's attributes: OME-NGFF 0.4 keeps it at the top, 0.5 under ``ome``."""
+    attrs = dict(attrs)
+    return attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales") or None
 
 
 def pixel_size_from_ome_zarr(path: str | os.PathLike) -> float | None:

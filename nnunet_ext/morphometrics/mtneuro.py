@@ -7,7 +7,6 @@ the one class against everything else.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +124,7 @@ def run_semantic_features(path: str | os.PathLike, out_dir: str | os.PathLike, p
         ``image``, ``pixel_size_um`` and ``MTNEURO_COLUMNS``, one row per slice of every map. The CSV is written
         to a temporary file and moved into place.
     """
+    from nnunet_ext.evaluation.segmentation_metrics import write_csv_atomically
     from nnunet_ext.morphometrics.io import (
         PixelSizeNotFoundError,
         find_pixel_size,
@@ -152,13 +152,5 @@ def run_semantic_features(path: str | os.PathLike, out_dir: str | os.PathLike, p
         table.insert(0, "image", strip_extension(file.name))
         tables.append(table)
     combined = pd.concat(tables, ignore_index=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{MTNEURO_CSV}.", dir=out_dir)
-    os.close(handle)
-    try:
-        combined.to_csv(tmp, index=False, na_rep="NaN")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_csv_atomically(combined, target, overwrite=overwrite, na_rep="NaN")
     return combined

@@ -49,8 +49,9 @@ def open_label_source(source):
     else:
         node = zarr.open(str(path), mode="r")
     if isinstance(node, zarr.Group):  # OME-Zarr multiscales or a TIFF pyramid: the full-resolution level
-        attrs = dict(node.attrs)
-        multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+        from nnunet_ext.morphometrics.io import ome_multiscales
+
+        multiscales = ome_multiscales(node.attrs)
         key = multiscales[0]["datasets"][0]["path"] if multiscales else sorted(node.array_keys())[0]
         node = node[key]
     return _Squeezed2D(node, path)

@@ -115,8 +115,9 @@ def _open_array(path: Path):
         except Exception as error:  # zarr raises several types for "not a store"
             raise ValueError(f"{path}: not a Zarr array or group ({error})") from None
     if isinstance(node, zarr.Group):
-        attrs = dict(node.attrs)
-        multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+        from nnunet_ext.morphometrics.io import ome_multiscales
+
+        multiscales = ome_multiscales(node.attrs)
         if multiscales:
             key = multiscales[0]["datasets"][0]["path"]
             names = multiscales[0].get("axes")

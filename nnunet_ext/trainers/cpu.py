@@ -26,8 +26,8 @@ class _CPUThreadsMixin:
             torch.set_num_threads(int(threads))
 
 
-class nnUNetTrainerCPUSmoke(_CPUThreadsMixin, nnUNetTrainer):
-    """Two epochs of four iterations: checks that training, checkpointing, validation and prediction run."""
+class CPUSmokeSchedule(_CPUThreadsMixin):
+    """Mixin (listed before the trainer class) with the smoke schedule: two epochs of four iterations."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -36,6 +36,10 @@ class nnUNetTrainerCPUSmoke(_CPUThreadsMixin, nnUNetTrainer):
         self.num_iterations_per_epoch = 4
         self.num_val_iterations_per_epoch = 2
         self._apply_cpu_threads()
+
+
+class nnUNetTrainerCPUSmoke(CPUSmokeSchedule, nnUNetTrainer):
+    """Two epochs of four iterations: checks that training, checkpointing, validation and prediction run."""
 
 
 class nnUNetTrainerCPUDemo(_CPUThreadsMixin, nnUNetTrainer):

@@ -113,6 +113,58 @@ def small_unet_edit(patch_size: Sequence[int], features_per_stage: Sequence[int]
     return edit
 
 
+def plain_unet_plans(dataset_name: str, patch_size: Sequence[int],
+                     features_per_stage: Sequence[int] = (16, 32, 64, 128), batch_size: int = 8,
+                     plans_name: str = "nnUNetPlans", data_identifier: str | None = None,
+                     image_reader_writer: str = "SimpleITKIO",
+                     intensity_properties: dict | None = None) -> tuple[dict, str]:
+    """nnU-Net plans of one configuration with its PlainConvUNet, made without planning a dataset.
+
+    For trainers and model folders built in memory (tests, benchmarks): the configuration nnU-Net's planner writes
+    (z-score normalisation, its resampling functions, instance norm, leaky ReLU), sized by :func:`small_unet_edit`.
+
+    Returns
+    -------
+    (dict, str)
+        The plans and the configuration's name (``2d`` or ``3d_fullres``, from the patch's dimensions).
+    """
+    dim = len(patch_size)
+    conv, norm = ("Conv2d", "InstanceNorm2d") if dim == 2 else ("Conv3d", "InstanceNorm3d")
+    name = "2d" if dim == 2 else "3d_fullres"
+    resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
+    configuration = {
+        "data_identifier": data_identifier or f"{plans_name}_{name}", "preprocessor_name": "DefaultPreprocessor",
+        "median_image_size_in_voxels": [int(s) for s in patch_size], "spacing": [1.0] * dim,
+        "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": resampling,
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg_kwargs": {**resampling, "is_seg": True, "order": 1},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {**resampling, "order": 1}, "batch_dice": True,
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {
+                "conv_op": f"torch.nn.modules.conv.{conv}", "conv_bias": True,
+                "norm_op": f"torch.nn.modules.instancenorm.{norm}", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+                "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+                "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+    }
+    configuration["patch_size"] = [int(s) for s in patch_size]
+    small_unet_edit(patch_size, features_per_stage, batch_size)(name, configuration)  # patch, batch and stages
+    plans = {
+        "dataset_name": dataset_name, "plans_name": plans_name, "original_median_spacing_after_transp": [1.0] * dim,
+        "original_median_shape_after_transp": [int(s) for s in patch_size], "image_reader_writer": image_reader_writer,
+        "transpose_forward": list(range(dim)), "transpose_backward": list(range(dim)),
+        "configurations": {name: configuration}, "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {"0": intensity_properties or {
+            "max": 1.0, "mean": 0.0, "median": 0.0, "min": -1.0, "percentile_00_5": -1.0, "percentile_99_5": 1.0,
+            "std": 1.0}},
+    }
+    return plans, name
+
+
 def write_cpu_plans(dataset: str | int, configuration: str = "2d", patch_size: Sequence[int] | None = None,
                     features_per_stage: Sequence[int] = (16, 32, 64, 128), batch_size: int = 8,
                     source_plans: str = "nnUNetPlans", target_plans: str = CPU_PLANS_NAME,

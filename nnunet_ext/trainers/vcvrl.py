@@ -25,6 +25,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 
+from nnunet_ext.trainers.cpu import CPUSmokeSchedule
 from nnunet_ext.trainers.losses.vcvrl_loss import VCVRLConfig, VoxelSimSiamLoss, label_pools, region_pools
 
 SIMILARITY_LOG_KEY = "train_similarity_losses"
@@ -295,12 +296,5 @@ class nnUNetTrainerVCVRL_voxelPairs(nnUNetTrainerVCVRL):
     vcvrl_config = replace(VCVRLConfig(), pairing="voxel")
 
 
-class nnUNetTrainerVCVRL_CPUSmoke(nnUNetTrainerVCVRL):
+class nnUNetTrainerVCVRL_CPUSmoke(CPUSmokeSchedule, nnUNetTrainerVCVRL):
     """VCV-RL with the short schedule of ``nnUNetTrainerCPUSmoke`` (2 epochs of 4 iterations) for tests."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 4
-        self.num_val_iterations_per_epoch = 2
