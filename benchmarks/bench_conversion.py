@@ -194,7 +194,7 @@ def bench_mtneuro(work: Path) -> None:
 
 
 def bench_aggregate(bids_folder: Path | None, work: Path) -> None:
-    from nnunet_ext.dataset_conversion.aggregate import aggregate_datasets
+    from nnunet_ext.dataset_conversion.aggregate_datasets import aggregate_datasets
     from nnunet_ext.dataset_conversion.bids_microscopy import convert_bids_microscopy
 
     if bids_folder is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_ext.evaluation.swc import read_swc, tree_from_arrays
+from nnunet_ext.io.swc import read_swc, tree_from_arrays
 from nnunet_ext.evaluation.tracing_metrics import (
     neuron_distance,
     point_to_segment_distances,

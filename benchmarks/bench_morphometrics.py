@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from nnunet_ext.morphometrics import ADS_COLUMNS, axon_morphometrics
-from nnunet_ext.morphometrics.batch import discover_inputs, load_masks
+from nnunet_ext.morphometrics.measure_files import discover_inputs, load_masks
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ADS_SECONDS = {"sub-rat5_sample-data14_SEM": 8.6, "all ten": 22.0}  # README of ../shared/data

@@ -45,8 +45,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import tifffile
 
-    from nnunet_ext.morphometrics.batch import discover_inputs, load_masks
-    from nnunet_ext.morphometrics.slide import slide_morphometrics
+    from nnunet_ext.morphometrics.measure_files import discover_inputs, load_masks
+    from nnunet_ext.morphometrics.slide_chunks import slide_morphometrics
 
     rat5 = next(i for i in discover_inputs(DATA / "ads_sem") if i.name.startswith("sub-rat5"))
     axon, myelin = load_masks(rat5)

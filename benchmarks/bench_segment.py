@@ -52,7 +52,7 @@ def fixed_weight_model(folder: Path, patch: int = 96, features=(16, 32, 64, 128)
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_ext.trainers.plans import plain_unet_plans
+    from nnunet_ext.nnunet.plans_cpu import plain_unet_plans
 
     plans, _ = plain_unet_plans("Dataset999_BenchSlides", [patch, patch], features, 8, plans_name="nnUNetPlans_bench",
                                 image_reader_writer="NaturalImage2DIO", intensity_properties={
@@ -107,7 +107,7 @@ def synthetic_slide(path: Path, side: int, chunk: int = 2048, tile: int = 1024, 
     import zarr
     from tqdm import tqdm
 
-    from nnunet_ext.dataset_conversion.phantoms import generate_phantom
+    from nnunet_ext.phantoms.generator import generate_phantom
 
     recipe = {"format": SLIDE_FORMAT, "side": side, "chunk": chunk, "tile": tile, "margin": margin, "seed": seed}
     if path.exists():

@@ -43,7 +43,7 @@ PLANS = {
 
 def cpu_plans(name: str) -> tuple[dict, str]:
     """nnU-Net plans for one entry of ``PLANS`` (PlainConvUNet with nnU-Net's default layers)."""
-    from nnunet_ext.trainers.plans import plain_unet_plans
+    from nnunet_ext.nnunet.plans_cpu import plain_unet_plans
 
     _, features, patch, batch_size, _ = PLANS[name]
     return plain_unet_plans(DATASET, patch, features, batch_size, plans_name="nnUNetPlans_cpu",

@@ -6,7 +6,7 @@ dataset_conversion
     Sources (BIDS microscopy, synthetic phantoms, ...) to nnU-Net raw format through one shared writer.
 trainers
     nnU-Net trainer subclasses, found by the stock ``nnUNetv2_train``/``nnUNetv2_predict`` through
-    ``nnUNet_extTrainer`` (see :mod:`nnunet_ext.nnunet_env`).
+    ``nnUNet_extTrainer`` (see :mod:`nnunet_ext.nnunet.environment`).
 morphometrics
     Per-axon and aggregate axon/myelin measurements (g-ratio, axon diameter, AVF, MVF, density).
 evaluation

@@ -15,13 +15,15 @@ from nnunet_ext import __version__
 # Modules that contribute subcommands, in the order they are listed in --help.
 COMMAND_MODULES = (
     "nnunet_ext.demo",
-    "nnunet_ext.nnunet_env",
+    "nnunet_ext.nnunet.environment",
     "nnunet_ext.dataset_conversion.cli",
-    "nnunet_ext.trainers.plans",
-    "nnunet_ext.trainers.cli",
+    "nnunet_ext.phantoms.generator",
+    "nnunet_ext.nnunet.plans_cpu",
+    "nnunet_ext.nnunet.cli",
     "nnunet_ext.segmentation.cli",
     "nnunet_ext.morphometrics.cli",
     "nnunet_ext.evaluation.cli",
+    "nnunet_ext.experiment.cli",
 )
 
 

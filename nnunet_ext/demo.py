@@ -78,8 +78,8 @@ def run_demo(out: str | os.PathLike = "nnunet_ext_demo", overwrite: bool = False
     import pandas as pd
 
     from nnunet_ext.dataset_conversion.bids_microscopy import convert_bids_microscopy
-    from nnunet_ext.dataset_conversion.phantoms import write_bids_phantom_dataset
-    from nnunet_ext.nnunet_commands import cpu_environment, plan_and_preprocess_cpu, predict, train
+    from nnunet_ext.phantoms.generator import write_bids_phantom_dataset
+    from nnunet_ext.nnunet.commands import cpu_environment, plan_and_preprocess_cpu, predict, train
     import nnunet_ext.trainers as trainers
 
     settings = settings or DemoSettings()

@@ -52,8 +52,8 @@ def tiny_nnunet_dataset(tmp_path_factory) -> TinyNnUNetDataset:
     """Phantoms (TEM + SEM, 96x96 px) -> BIDS -> nnU-Net raw -> nnU-Net plans -> CPU plans (48x48 patches) ->
     preprocessed. About half a minute, most of it nnU-Net's start-up."""
     from nnunet_ext.dataset_conversion.bids_microscopy import convert_bids_microscopy
-    from nnunet_ext.dataset_conversion.phantoms import write_bids_phantom_dataset
-    from nnunet_ext.nnunet_commands import cpu_environment, plan_and_preprocess_cpu
+    from nnunet_ext.phantoms.generator import write_bids_phantom_dataset
+    from nnunet_ext.nnunet.commands import cpu_environment, plan_and_preprocess_cpu
 
     base = tmp_path_factory.mktemp("nnunet")
     env = cpu_environment(base)
@@ -71,7 +71,7 @@ def smoke_trained_model(tiny_nnunet_dataset):
     """``nnUNetv2_train <tiny> 2d 0 -p nnUNetPlans_cpu -tr nnUNetTrainerCPUSmoke -device cpu`` (stock command).
 
     Returns the fold's output folder."""
-    from nnunet_ext.nnunet_commands import train
+    from nnunet_ext.nnunet.commands import train
 
     ds = tiny_nnunet_dataset
     train(ds.dataset_id, ds.configuration, 0, "nnUNetTrainerCPUSmoke", ds.env, plans=ds.plans,
@@ -103,7 +103,7 @@ def tiny_tubes_dataset(tmp_path_factory) -> TinyNnUNetDataset:
     import numpy as np
 
     from nnunet_ext.dataset_conversion.nnunet_raw import NnUNetRawWriter
-    from nnunet_ext.nnunet_commands import cpu_environment, plan_and_preprocess_cpu
+    from nnunet_ext.nnunet.commands import cpu_environment, plan_and_preprocess_cpu
 
     base = tmp_path_factory.mktemp("nnunet3d")
     env = cpu_environment(base)

@@ -14,7 +14,7 @@ from scipy.spatial import cKDTree
 from nnunet_ext.dataset_conversion.bigneuron import (V3DRAW_MAGIC, convert_bigneuron, find_image_tracing_pairs,
                                                      read_neuron_image, read_v3draw, swc_to_mask, write_v3draw)
 from nnunet_ext.dataset_conversion.nnunet_raw import read_manifest
-from nnunet_ext.evaluation.swc import read_swc, tree_from_arrays
+from nnunet_ext.io.swc import read_swc, tree_from_arrays
 from test_conversion_writer import verify_in_process
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bigneuron_sample"

@@ -14,7 +14,7 @@ from scipy import stats
 
 from nnunet_ext.cli import main
 from nnunet_ext.dataset_conversion.nnunet_raw import NnUNetRawWriter
-from nnunet_ext.evaluation import experiment as ex
+from nnunet_ext.experiment import workflow as ex
 from nnunet_ext.evaluation.segmentation_metrics import METRIC_COLUMNS, evaluate_folder, per_class_means
 
 CLASSES = {"1": "myelin", "2": "axon"}

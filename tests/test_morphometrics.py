@@ -397,7 +397,7 @@ def test_fibre_flood_equals_full_priority_flood():
 
 
 def test_mtneuro_semantic_features():
-    from nnunet_ext.morphometrics.mtneuro import MTNEURO_COLUMNS, semantic_features
+    from nnunet_ext.morphometrics.mtneuro_features import MTNEURO_COLUMNS, semantic_features
 
     plane = np.zeros((20, 30), np.uint8)
     plane[0:4, 0:5] = 1  # vessel, 20 px

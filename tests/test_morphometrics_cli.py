@@ -207,7 +207,7 @@ def test_mtneuro_semantic_features_cli(tmp_path, capsys):
     import SimpleITK as sitk
     import tifffile
 
-    from nnunet_ext.morphometrics.mtneuro import MTNEURO_COLUMNS, MTNEURO_CSV, semantic_features
+    from nnunet_ext.morphometrics.mtneuro_features import MTNEURO_COLUMNS, MTNEURO_CSV, semantic_features
 
     rng = np.random.default_rng(5)
     stack = rng.choice(4, size=(3, 40, 50), p=[0.6, 0.1, 0.1, 0.2]).astype(np.uint8)
@@ -263,7 +263,7 @@ def test_image_name_is_for_slides_only(predictions, tmp_path, capsys):
 
 def test_mtneuro_pixel_size_missing_or_broken(tmp_path):
     """No pixel size anywhere gives NaN um columns; a sidecar or text file that is there but broken raises."""
-    from nnunet_ext.morphometrics.mtneuro import run_semantic_features
+    from nnunet_ext.morphometrics.mtneuro_features import run_semantic_features
 
     folder = tmp_path / "maps"
     folder.mkdir()

@@ -7,7 +7,7 @@ import pytest
 
 from nnunet_ext.morphometrics import aggregate_morphometrics, axon_morphometrics
 from nnunet_ext.morphometrics.maps import tile_morphometrics
-from nnunet_ext.morphometrics.slide import NOTE_HALO, slide_morphometrics
+from nnunet_ext.morphometrics.slide_chunks import NOTE_HALO, slide_morphometrics
 from test_morphometrics import synthetic_fibres
 
 
@@ -153,7 +153,7 @@ def test_slide_roi_equals_in_memory(slide, tmp_path, factor):
 
 
 def test_slide_roi_errors(slide, tmp_path):
-    from nnunet_ext.morphometrics.slide import roi_factor
+    from nnunet_ext.morphometrics.slide_chunks import roi_factor
 
     label, _, _ = slide
     assert roi_factor((300, 340), (300, 340)) == 1 and roi_factor((38, 43), (300, 340)) == 8
@@ -251,7 +251,7 @@ def test_run_slide_names_and_pixel_size_from_metadata(slide, tmp_path):
 def test_slide_image_name(tmp_path):
     import zarr
 
-    from nnunet_ext.morphometrics.batch import slide_image_name
+    from nnunet_ext.morphometrics.measure_files import slide_image_name
 
     plain = zarr.open_group(str(tmp_path / "large_seg.zarr"), mode="w")
     assert slide_image_name(tmp_path / "large_seg.zarr") == "large_seg"  # not written by nnunet-ext segment
@@ -268,8 +268,8 @@ def test_run_slide_filters_equal_in_memory(slide, tmp_path, roi_kind):
     import zarr
     from PIL import Image
 
-    from nnunet_ext.morphometrics.aggregate import AGGREGATE_KEYS
-    from nnunet_ext.morphometrics.batch import apply_filters, run_slide
+    from nnunet_ext.morphometrics.aggregate_metrics import AGGREGATE_KEYS
+    from nnunet_ext.morphometrics.measure_files import apply_filters, run_slide
 
     label, axon, myelin = slide
     path = tmp_path / "slide.zarr"

@@ -117,7 +117,7 @@ def test_decoder_strides_and_skip_blocks():
 
 def test_cli_offers_every_backbone():
     from nnunet_ext.networks.vit_encoders import BACKBONES
-    from nnunet_ext.trainers.cli import BACKBONE_CHOICES  # kept torch-free for a fast --help
+    from nnunet_ext.nnunet.cli import BACKBONE_CHOICES  # kept torch-free for a fast --help
 
     assert set(BACKBONE_CHOICES) == set(BACKBONES)
 

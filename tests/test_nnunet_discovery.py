@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import nnunet_ext.trainers as our_trainers
-from nnunet_ext.nnunet_env import (TRAINER_SEARCH_PATH, EnvironmentNotReady, check_environment, export_lines,
+from nnunet_ext.nnunet.environment import (TRAINER_SEARCH_PATH, EnvironmentNotReady, check_environment, export_lines,
                                    nnunet_environment)
 
 
@@ -69,7 +69,7 @@ def test_env_cli_check_fails_clearly_without_variable(tmp_path):
 
 @pytest.mark.slow
 def test_stock_nnunet_train_and_predict_run_our_trainer(tiny_nnunet_dataset, smoke_trained_model, tmp_path):
-    from nnunet_ext.nnunet_commands import predict
+    from nnunet_ext.nnunet.commands import predict
 
     ds = tiny_nnunet_dataset
     fold = smoke_trained_model

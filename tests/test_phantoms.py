@@ -13,8 +13,8 @@ from PIL import Image
 from scipy import ndimage
 from skimage.measure import regionprops
 
-from nnunet_ext.dataset_conversion import phantoms
-from nnunet_ext.dataset_conversion.phantoms import (
+from nnunet_ext.phantoms import generator as phantoms
+from nnunet_ext.phantoms.generator import (
     TRUTH_COLUMNS,
     generate_phantom,
     myelin_thickness_for_gratio,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnunet_ext.dataset_conversion.phantoms import generate_phantom
+from nnunet_ext.phantoms.generator import generate_phantom
 from nnunet_ext.segmentation import slides
 from nnunet_ext.segmentation.predictor import ModelSpec, borrowed_predictor, cached_predictor, predict_image
 from nnunet_ext.segmentation.slides import (

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from nnunet_ext.cli import main
-from nnunet_ext.evaluation.swc import read_swc, tree_from_arrays, write_swc
+from nnunet_ext.io.swc import read_swc, tree_from_arrays, write_swc
 from nnunet_ext.evaluation.tracing_metrics import (
     distances_to_segments,
     neuron_distance,

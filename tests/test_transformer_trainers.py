@@ -47,7 +47,7 @@ class _Configuration:
 
 def test_trainers_build_the_plans_network_and_refuse_unfit_plans():
     from nnunet_ext.networks.unetr import ViTUNETR
-    from nnunet_ext.trainers.vit_plans import vit_architecture
+    from nnunet_ext.nnunet.plans_vit import vit_architecture
 
     sam = _Configuration(vit_architecture([32, 32], "sam_vit_b", backbone_kwargs=TINY_SAM), [32, 32])
     network = nnUNetTrainerEMSAM.build_network_architecture(None, sam, 1, 3, True)
@@ -199,7 +199,7 @@ class StockRun:
         return {**env, **extra}
 
     def command(self, name: str, args: list, env: dict) -> None:
-        from nnunet_ext.nnunet_commands import run_nnunet_command
+        from nnunet_ext.nnunet.commands import run_nnunet_command
 
         start = time.perf_counter()
         run_nnunet_command(args, env, self.log)
@@ -245,7 +245,7 @@ def stock_runs(tiny_nnunet_dataset, tiny_tubes_dataset, tmp_path_factory):
     from concurrent.futures import ThreadPoolExecutor
 
     from nnunet_ext.cli import main
-    from nnunet_ext.nnunet_commands import applied_environment
+    from nnunet_ext.nnunet.commands import applied_environment
 
     base = tmp_path_factory.mktemp("transformer_runs")
     datasets = {"2d": tiny_nnunet_dataset, "3d": tiny_tubes_dataset}
@@ -271,7 +271,7 @@ def stock_runs(tiny_nnunet_dataset, tiny_tubes_dataset, tmp_path_factory):
 
 @pytest.mark.slow
 def test_plans_vit_writes_fitting_plans_that_can_share_preprocessed_data(tiny_nnunet_dataset, monkeypatch):
-    from nnunet_ext.trainers.vit_plans import write_vit_plans
+    from nnunet_ext.nnunet.plans_vit import write_vit_plans
 
     ds = tiny_nnunet_dataset
     monkeypatch.setenv("nnUNet_preprocessed", ds.env["nnUNet_preprocessed"])
@@ -419,7 +419,7 @@ def test_pretrained_trainer_with_its_variable_unset_needs_nnunet_weights(stock_r
     otherwise it stops before loading data, naming the variable."""
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
-    from nnunet_ext.nnunet_commands import applied_environment
+    from nnunet_ext.nnunet.commands import applied_environment
 
     run = stock_runs[FINE_TUNED]
     if run.error is not None:

@@ -36,7 +36,7 @@ def _relabel_as_plain_nnunet(model_folder, target_folder):
 
 def _stock_predict(images_folder, output_folder, dataset_id, configuration, env, plans, log_file):
     """``nnUNetv2_predict -tr nnUNetTrainerVCVRL_CPUSmoke`` (without test-time mirroring, to keep the test short)."""
-    from nnunet_ext.nnunet_commands import run_nnunet_command
+    from nnunet_ext.nnunet.commands import run_nnunet_command
 
     run_nnunet_command(["nnUNetv2_predict", "-i", images_folder, "-o", output_folder, "-d", dataset_id,
                         "-c", configuration, "-f", "0", "-tr", TRAINER, "-p", plans, "-chk", "checkpoint_final.pth",
@@ -87,7 +87,7 @@ def _check_predictions_match_plain_network(model_folder, images_folder, stock_pr
 
 
 def test_vcvrl_trains_and_predicts_2d_phantoms(tiny_nnunet_dataset, tmp_path):
-    from nnunet_ext.nnunet_commands import train
+    from nnunet_ext.nnunet.commands import train
 
     ds = tiny_nnunet_dataset
     train(ds.dataset_id, ds.configuration, 0, TRAINER, ds.env, plans=ds.plans, log_file=ds.base / "nnunet.log")
@@ -101,7 +101,7 @@ def test_vcvrl_trains_and_predicts_2d_phantoms(tiny_nnunet_dataset, tmp_path):
 
 
 def test_vcvrl_trains_and_predicts_3d(tiny_tubes_dataset, tmp_path):
-    from nnunet_ext.nnunet_commands import train
+    from nnunet_ext.nnunet.commands import train
 
     ds = tiny_tubes_dataset  # conftest.py: six 32^3 volumes of tubes, 3D CPU plans
     base, env, raw_folder, plans = ds.base, ds.env, ds.raw_folder, ds.plans

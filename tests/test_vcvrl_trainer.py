@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_ext.trainers.losses.vcvrl_loss import VCVRLConfig
-from nnunet_ext.trainers.plans import plain_unet_plans
+from nnunet_ext.nnunet.plans_cpu import plain_unet_plans
 from nnunet_ext.trainers.vcvrl import CHECKPOINT_KEY, SIMILARITY_LOG_KEY, nnUNetTrainerVCVRL
 
 DATASET = "Dataset987_VCVRLUnit"

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunet_ext.dataset_conversion.nnunet_raw import NnUNetRawWriter, add_destination_arguments, raw_root_from_args
-from nnunet_ext.evaluation.swc import SWCTree, read_swc
+from nnunet_ext.io.swc import SWCTree, read_swc
 
 V3DRAW_MAGIC = b"raw_image_stack_by_hpeng"
 V3DRAW_DATATYPES = {1: np.uint8, 2: np.uint16, 4: np.float32}

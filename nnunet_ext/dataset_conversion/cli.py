@@ -1,5 +1,4 @@
-"""Command-line registration of dataset conversion: ``nnunet-ext convert <source>``, ``nnunet-ext aggregate`` and
-``nnunet-ext phantoms``."""
+"""Command-line registration of dataset conversion: ``nnunet-ext convert <source>`` and ``nnunet-ext aggregate``."""
 from __future__ import annotations
 
 import importlib
@@ -23,9 +22,4 @@ def register_cli(subparsers) -> None:
     sources = convert.add_subparsers(dest="source", metavar="SOURCE", required=True)
     for module_name in CONVERTER_MODULES:
         importlib.import_module(module_name).register_convert_cli(sources)
-    importlib.import_module("nnunet_ext.dataset_conversion.aggregate").register_cli(subparsers)
-    try:
-        phantoms = importlib.import_module("nnunet_ext.dataset_conversion.phantoms")
-    except ImportError:  # phantoms module still being written
-        return
-    phantoms.register_cli(subparsers)
+    importlib.import_module("nnunet_ext.dataset_conversion.aggregate_datasets").register_cli(subparsers)

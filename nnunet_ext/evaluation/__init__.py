@@ -3,11 +3,11 @@
 Modules
 -------
 segmentation_metrics
-    Dice, IoU, F1, precision, recall, HD95 per case and class; folder evaluation (``nnunet-ext evaluate``).
+    Dice, IoU, F1, precision, recall, HD95 per case and class (pure functions on arrays).
+folder_evaluation
+    Scoring a folder of predictions against references (``nnunet-ext evaluate``): pairing, labels, CSV, plot.
 tracing_metrics
     Vaa3D ``neuron_distance`` scores (ESA, DSA, PDS) between SWC reconstructions (``nnunet-ext tracing-metrics``).
-swc
-    SWC reading and writing.
 
 The names below are imported on first use, so that importing this package (as ``nnunet-ext --help`` does) stays
 instant: nnU-Net, torch and MONAI load only when a metric is computed.
@@ -27,9 +27,6 @@ _EXPORTS = {
     "neuron_distance": "tracing_metrics",
     "neuron_distance_on_folders": "tracing_metrics",
     "TracingMetrics": "tracing_metrics",
-    "read_swc": "swc",
-    "write_swc": "swc",
-    "SWCTree": "swc",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from nnunet_ext.evaluation.swc import SWCTree, read_swc
+from nnunet_ext.io.swc import SWCTree, read_swc
 
 #: Vaa3D's default "visible spatial distance" threshold (``d_thres = 2.0`` in neuron_sim_scores.cpp).
 VAA3D_DISTANCE_THRESHOLD = 2.0

@@ -22,8 +22,8 @@ _EXPORTS = {
     "as_binary_mask": "axon",
     "axon_morphometrics": "axon",
     "masks_from_label_image": "axon",
-    "AGGREGATE_KEYS": "aggregate",
-    "aggregate_morphometrics": "aggregate",
+    "AGGREGATE_KEYS": "aggregate_metrics",
+    "aggregate_morphometrics": "aggregate_metrics",
 }
 
 __all__ = sorted(_EXPORTS)

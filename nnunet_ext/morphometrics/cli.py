@@ -63,7 +63,7 @@ def register_cli(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from nnunet_ext.morphometrics.batch import discover_inputs, run_morphometrics, run_slide
+    from nnunet_ext.morphometrics.measure_files import discover_inputs, run_morphometrics, run_slide
 
     if args.mtneuro:
         return _run_mtneuro(args)
@@ -98,7 +98,7 @@ def _run(args) -> int:
 
 
 def _run_mtneuro(args) -> int:
-    from nnunet_ext.morphometrics.mtneuro import MTNEURO_CSV, run_semantic_features
+    from nnunet_ext.morphometrics.mtneuro_features import MTNEURO_CSV, run_semantic_features
 
     # every option of axon morphometrics and whole slides: none of them means anything for MTNeuro maps
     axon_only = ("--axon-shape", "--myelin-label", "--label-suffix", "--image-dir", "--roi", "--maps", "--tile-size",

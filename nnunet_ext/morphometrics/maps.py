@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nnunet_ext.morphometrics.aggregate import aggregate_from_counts
+from nnunet_ext.morphometrics.aggregate_metrics import aggregate_from_counts
 from nnunet_ext.morphometrics.axon import as_binary_mask, axon_morphometrics, check_pixel_size, prepare_masks
 
 # Metrics drawn as heat maps by default, with their colour-bar labels.
@@ -94,7 +94,7 @@ def tile_morphometrics(axon_mask, myelin_mask, pixel_size_um, tile_size_px: int 
     -------
     pandas.DataFrame
         One row per tile (row-major): ``TILE_COLUMNS`` then the keys of
-        :func:`~nnunet_ext.morphometrics.aggregate.aggregate_from_counts` (AVF, MVF, aggregate g-ratio, density,
+        :func:`~nnunet_ext.morphometrics.aggregate_metrics.aggregate_from_counts` (AVF, MVF, aggregate g-ratio, density,
         mean/std axon diameter, ...).
     """
     pixel_size = check_pixel_size(pixel_size_um)

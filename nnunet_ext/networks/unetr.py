@@ -1,7 +1,7 @@
 """ViT encoder + UNETR convolutional decoder, 2D or 3D, buildable from nnU-Net plans alone.
 
 :class:`ViTUNETR` is what an ``nnUNetPlans_<backbone>`` plans file names as its ``network_class_name`` (see
-:mod:`nnunet_ext.trainers.vit_plans`); nnU-Net's ``get_network_from_plans`` builds it with
+:mod:`nnunet_ext.nnunet.plans_vit`); nnU-Net's ``get_network_from_plans`` builds it with
 ``input_channels``, ``num_classes``, ``deep_supervision`` and the plans' ``arch_kwargs``, so ``nnUNetv2_predict``
 rebuilds the very network that was trained. The decoder follows UNETR (Hatamizadeh et al., WACV 2022) and MONAI's
 ``UNETR`` blocks: the transformer's token maps from evenly spaced blocks are brought up to 1/8, 1/4 and 1/2 of the

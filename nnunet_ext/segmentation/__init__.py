@@ -10,7 +10,7 @@ slides
 batch
     Inputs (image, folder, BIDS, slides), AxonDeepSeg-named outputs, and the chained morphometrics.
 """
-from nnunet_ext.segmentation.batch import (SegmentationInput, discover_segmentation_inputs, segment_inputs,
+from nnunet_ext.segmentation.segment_files import (SegmentationInput, discover_segmentation_inputs, segment_inputs,
                                            write_ads_masks)
 from nnunet_ext.segmentation.predictor import ModelSpec, load_predictor, predict_image, resolve_model_folder
 from nnunet_ext.segmentation.slides import SlideSource, read_labels, segment_slide

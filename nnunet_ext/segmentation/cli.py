@@ -55,7 +55,7 @@ def register_cli(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from nnunet_ext.segmentation.batch import DEFAULT_MAX_IMAGE_PIXELS, discover_segmentation_inputs, segment_inputs
+    from nnunet_ext.segmentation.segment_files import DEFAULT_MAX_IMAGE_PIXELS, discover_segmentation_inputs, segment_inputs
     from nnunet_ext.segmentation.predictor import ModelSpec, resolve_model_folder
 
     if args.workers is not None and args.workers < 1:

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nnunet_ext.nnunet_env import ext_trainer_path_value
+from nnunet_ext.nnunet.environment import ext_trainer_path_value
 
 # nnU-Net's NaturalImage2DIO gives every 2D image this spacing; 2D models trained on PNGs expect it.
 NATURAL_IMAGE_SPACING = (999.0, 1.0, 1.0)

@@ -1,7 +1,7 @@
 """Short trainers for CPU smoke runs, tests and the demo.
 
 nnU-Net's default schedule (1000 epochs of 250 iterations) is sized for a GPU. On a laptop-class CPU a small
-network from :func:`nnunet_ext.trainers.plans.write_cpu_plans` trains in minutes with these schedules.
+network from :func:`nnunet_ext.nnunet.plans_cpu.write_cpu_plans` trains in minutes with these schedules.
 """
 from __future__ import annotations
 

@@ -92,7 +92,7 @@ class nnUNetTrainerViT(nnUNetTrainer):
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True):
-        from nnunet_ext.trainers.vit_plans import check_vit_configuration
+        from nnunet_ext.nnunet.plans_vit import check_vit_configuration
 
         check_vit_configuration(configuration_manager, cls.__name__, cls.backbone_families, cls.spatial_dims)
         return get_network_from_plans(

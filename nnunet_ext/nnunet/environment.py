@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-TRAINER_SEARCH_PATH = str(Path(__file__).resolve().parent / "trainers" / "nnunet_search_path")
+TRAINER_SEARCH_PATH = str(Path(__file__).resolve().parents[1] / "trainers" / "nnunet_search_path")
 NNUNET_FOLDER_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
 

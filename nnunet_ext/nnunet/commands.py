@@ -1,7 +1,7 @@
 """Run nnU-Net's own console commands (``nnUNetv2_plan_and_preprocess``, ``nnUNetv2_train``, ``nnUNetv2_predict``).
 
 The demo and the tests drive nnU-Net exactly as a user's scripts do: the stock console scripts in a subprocess, with
-an environment from :func:`nnunet_ext.nnunet_env.nnunet_environment`. Output goes to a log file; a progress bar
+an environment from :func:`nnunet_ext.nnunet.environment.nnunet_environment`. Output goes to a log file; a progress bar
 follows nnU-Net's epochs; a failure raises with the tail of the log.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from nnunet_ext.nnunet_env import nnunet_environment
-from nnunet_ext.trainers.plans import CPU_PLANS_NAME
+from nnunet_ext.nnunet.environment import nnunet_environment
+from nnunet_ext.nnunet.plans_cpu import CPU_PLANS_NAME
 
 
 class NnUNetCommandError(RuntimeError):
@@ -130,7 +130,7 @@ def plan_and_preprocess_cpu(dataset_id: int, env: dict, configuration: str = "2d
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
                                                                       preprocess)
 
-    from nnunet_ext.trainers.plans import write_cpu_plans
+    from nnunet_ext.nnunet.plans_cpu import write_cpu_plans
 
     log = open(log_file, "a") if log_file else sys.stdout
     try:

@@ -343,7 +343,7 @@ def _case_table(loaded: list[SourceDataset], group_choice: dict[str, str], share
     return table
 
 
-def _parse_group_by(values: Sequence[str]) -> str | dict[str, str]:
+def parse_group_by(values: Sequence[str]) -> str | dict[str, str]:
     if not values:
         return "subject"
     if len(values) == 1 and "=" not in values[0]:
@@ -395,7 +395,7 @@ def register_cli(subparsers) -> None:
 
 def _run_cli(args) -> int:
     aggregate_datasets(args.sources, raw_root_from_args(args), args.dataset_id, args.name, n_folds=args.folds,
-                       seed=args.seed, group_by=_parse_group_by(args.group_by or []),
+                       seed=args.seed, group_by=parse_group_by(args.group_by or []),
                        subjects_shared_across_sources=not args.subjects_per_source,
                        label_mapping=_read_json_option(args.label_map, "label map"),
                        labels=_read_json_option(args.labels, "labels"), case_prefix=args.case_prefix,

@@ -308,7 +308,7 @@ def _segment_slide_input(item, folder, spec, labels_map, values, save_probabilit
 
 def _run_morphometrics(inputs, out_dir: Path, values, axon_shape, overwrite, scheduler, workers) -> dict:
     """Chain the morphometrics batch API: images together, each slide on its own (block-wise)."""
-    from nnunet_ext.morphometrics.batch import MorphometricsInput, run_morphometrics, run_slide
+    from nnunet_ext.morphometrics.measure_files import MorphometricsInput, run_morphometrics, run_slide
 
     myelin_value, axon_value = values
     target = out_dir / MORPHOMETRICS_FOLDER

@@ -1,7 +1,7 @@
 """Plans variants for the transformer networks: patch sizes that suit a 16-pixel tokenizer, and our network class.
 
 ``write_vit_plans`` derives ``nnUNetPlans_<backbone>`` (e.g. ``nnUNetPlans_sam_vit_b``) from nnU-Net's plans with
-:func:`nnunet_ext.trainers.plans.derive_plans`. The configuration's ``architecture`` then names
+:func:`nnunet_ext.nnunet.plans_cpu.derive_plans`. The configuration's ``architecture`` then names
 :class:`nnunet_ext.networks.unetr.ViTUNETR` with all its arguments, including nnU-Net-style ``strides`` from which
 the stock trainer derives its deep-supervision scales, so ``nnUNetv2_train`` and ``nnUNetv2_predict`` rebuild the
 same network from the plans alone.
@@ -84,7 +84,7 @@ def write_vit_plans(dataset: str | int, configuration: str = "2d", backbone: str
     decoder_features, input_channel_mode, backbone_kwargs
         See :class:`~nnunet_ext.networks.unetr.ViTUNETR` (``backbone_kwargs`` e.g. a tiny test size).
     source_plans, target_plans, overwrite
-        As :func:`~nnunet_ext.trainers.plans.derive_plans`; ``target_plans`` defaults to ``nnUNetPlans_<backbone>``.
+        As :func:`~nnunet_ext.nnunet.plans_cpu.derive_plans`; ``target_plans`` defaults to ``nnUNetPlans_<backbone>``.
     reuse_preprocessed : bool
         Keep the source configuration's ``data_identifier``, so training reads the data already preprocessed for
         ``source_plans`` and ``nnUNetv2_preprocess`` need not run again. Safe because only the patch size, batch size
@@ -98,7 +98,7 @@ def write_vit_plans(dataset: str | int, configuration: str = "2d", backbone: str
         The written plans file.
     """
     from nnunet_ext.networks.vit_encoders import backbone_config
-    from nnunet_ext.trainers.plans import derive_plans, preprocessed_dataset_folder
+    from nnunet_ext.nnunet.plans_cpu import derive_plans, preprocessed_dataset_folder
 
     family, _ = backbone_config(backbone, backbone_kwargs)
     source_identifiers = _source_data_identifiers(dataset, source_plans) if reuse_preprocessed else {}
@@ -143,7 +143,7 @@ def _source_data_identifiers(dataset: str | int, source_plans: str) -> dict[str,
 
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_ext.trainers.plans import preprocessed_dataset_folder
+    from nnunet_ext.nnunet.plans_cpu import preprocessed_dataset_folder
 
     source_file = preprocessed_dataset_folder(dataset) / f"{source_plans}.json"
     if not source_file.is_file():  # derive_plans says what to run

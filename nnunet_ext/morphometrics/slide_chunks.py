@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nnunet_ext.morphometrics.aggregate import AGGREGATE_KEYS, aggregate_from_counts
+from nnunet_ext.morphometrics.aggregate_metrics import AGGREGATE_KEYS, aggregate_from_counts
 from nnunet_ext.morphometrics.axon import COLUMNS, check_pixel_size, masks_from_label_image, measure_axons
 
 NOTE_HALO = "fibre reaches the chunk halo: values may differ from a whole-image run; use a larger halo"

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nnunet_ext.morphometrics.aggregate import AGGREGATE_KEYS, aggregate_morphometrics
+from nnunet_ext.morphometrics.aggregate_metrics import AGGREGATE_KEYS, aggregate_morphometrics
 from nnunet_ext.morphometrics.axon import (
     as_binary_mask,
     axon_morphometrics,
@@ -316,13 +316,13 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
     """Whole-slide version of :func:`run_morphometrics` for one Zarr / OME-Zarr / TIFF label image.
 
     ``roi``: an ROI mask (Zarr, TIFF or PNG; at the slide's resolution or downsampled by a whole factor), see
-    :func:`~nnunet_ext.morphometrics.slide.slide_morphometrics`. ``image_name`` names the rows and output files
+    :func:`~nnunet_ext.morphometrics.slide_chunks.slide_morphometrics`. ``image_name`` names the rows and output files
     (default: :func:`slide_image_name`). The pixel size is ``pixel_size_um``, else the OME-Zarr metadata, a
     sidecar or ``pixel_size_in_micrometer.txt`` (:func:`~nnunet_ext.morphometrics.io.find_pixel_size`).
     """
-    from nnunet_ext.morphometrics.aggregate import aggregate_from_counts
+    from nnunet_ext.morphometrics.aggregate_metrics import aggregate_from_counts
     from nnunet_ext.morphometrics.maps import save_map_pngs, tile_size_in_pixels, tiles_from_counts
-    from nnunet_ext.morphometrics.slide import slide_morphometrics
+    from nnunet_ext.morphometrics.slide_chunks import slide_morphometrics
 
     source = Path(source)
     name = image_name or slide_image_name(source)

@@ -42,7 +42,7 @@ def register_cli(subparsers) -> None:
 
 
 def _run_plans_vit(args) -> int:
-    from nnunet_ext.trainers.vit_plans import vit_plans_name, write_vit_plans
+    from nnunet_ext.nnunet.plans_vit import vit_plans_name, write_vit_plans
 
     if args.backbone_kwargs is not None and not isinstance(args.backbone_kwargs, dict):
         raise ValueError(f"--backbone-kwargs must be a JSON object, got {args.backbone_kwargs!r}")

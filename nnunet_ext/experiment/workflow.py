@@ -3,7 +3,7 @@
 Given several converted source datasets (nnU-Net raw datasets with a test set), the experiment
 
 1. uses every training source as the dataset of one *dedicated* model, and aggregates the training sources into one
-   dataset for the *generalist* model (:func:`nnunet_ext.dataset_conversion.aggregate.aggregate_datasets`: test sets
+   dataset for the *generalist* model (:func:`nnunet_ext.dataset_conversion.aggregate_datasets.aggregate_datasets`: test sets
    unioned, folds that validate on every source);
 2. writes the exact nnU-Net commands that plan, train and predict (``commands.sh``), or runs them;
 3. predicts every source's test set (``imagesTs``) with every model and scores it against ``labelsTs``
@@ -98,7 +98,7 @@ class NnUNetSettings:
         if not self.folds:
             raise ValueError("no fold to train")
         if self.cpu_plans is not None:
-            from nnunet_ext.trainers.plans import CPU_PLANS_NAME
+            from nnunet_ext.nnunet.plans_cpu import CPU_PLANS_NAME
 
             self.plans = CPU_PLANS_NAME
 
@@ -251,11 +251,11 @@ def prepare_experiment(sources: Sequence[str | int | os.PathLike], raw_root: str
     nnunet : NnUNetSettings
         Configuration, trainer, plans, folds, device, checkpoint of every model.
     aggregate_folds, seed, group_by :
-        Folds of the aggregated dataset (see :func:`~nnunet_ext.dataset_conversion.aggregate.aggregate_datasets`).
+        Folds of the aggregated dataset (see :func:`~nnunet_ext.dataset_conversion.aggregate_datasets.aggregate_datasets`).
     pairing, alternative :
         The t-test's pairs (``"source"`` or ``"image"``, see the module docstring) and alternative hypothesis.
     """
-    from nnunet_ext.dataset_conversion.aggregate import aggregate_datasets, resolve_dataset
+    from nnunet_ext.dataset_conversion.aggregate_datasets import aggregate_datasets, resolve_dataset
     from nnunet_ext.dataset_conversion.nnunet_raw import dataset_folder_name, read_manifest
 
     nnunet = nnunet or NnUNetSettings()
@@ -481,13 +481,13 @@ def train_and_predict(design: ExperimentDesign, output_dir: Path, predictions_ro
     """Plan, train (models whose every fold has a final checkpoint are reused unless ``retrain``) and predict.
 
     Training runs the stock ``nnUNetv2_train`` console script (and planning ``nnUNetv2_plan_and_preprocess``, or for
-    the CPU plans variant :func:`~nnunet_ext.nnunet_commands.plan_and_preprocess_cpu`, the same steps as
+    the CPU plans variant :func:`~nnunet_ext.nnunet.commands.plan_and_preprocess_cpu`, the same steps as
     :func:`planning_commands` in this process). Prediction runs ``nnUNetv2_predict``'s steps in this process, one
     model load per model (:func:`predict_test_sets`). Predictions go to ``predictions_root/<model>/<target>``.
     """
     from tqdm import tqdm
 
-    from nnunet_ext.nnunet_commands import (applied_environment, cpu_environment, plan_and_preprocess_cpu,
+    from nnunet_ext.nnunet.commands import (applied_environment, cpu_environment, plan_and_preprocess_cpu,
                                             run_nnunet_command, train)
 
     s = design.nnunet
@@ -545,7 +545,7 @@ def predict_test_sets(design: ExperimentDesign, model: ExperimentDataset, predic
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from nnunet_ext.nnunet_commands import applied_environment
+    from nnunet_ext.nnunet.commands import applied_environment
 
     s = design.nnunet
     log = open(log_file, "a") if log_file else None
