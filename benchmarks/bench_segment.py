@@ -212,7 +212,7 @@ def run_block_wise(model: str, slide: str, out: str, block: int, threads: int | 
     import torch
 
     from nnunet_ext.segmentation.predictor import ModelSpec, cached_predictor
-    from nnunet_ext.segmentation.slides import segment_slide
+    from nnunet_ext.segmentation.slide_prediction import segment_slide
 
     spec = ModelSpec(model, threads=threads, use_mirroring=tta, tile_step_size=step)
     cached_predictor(spec)

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from nnunet_ext.cli import main as cli_main
-from nnunet_ext.dataset_conversion.bids_microscopy import (convert_bids_microscopy, find_bids_images,
-                                                           read_axon_myelin_label)
+from nnunet_ext.dataset_conversion.bids_microscopy import convert_bids_microscopy, read_axon_myelin_label
+from nnunet_ext.io.bids import find_bids_images
 from nnunet_ext.dataset_conversion.nnunet_raw import read_manifest
 from test_conversion_writer import verify_in_process
 

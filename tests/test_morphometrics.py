@@ -146,7 +146,7 @@ def test_aggregate_within_roi(demo_masks):
 
 
 def test_label_image_gives_same_masks(demo_masks):
-    from nnunet_ext.morphometrics.io import read_label_image
+    from nnunet_ext.io.bids import read_label_image
 
     axon, myelin = demo_masks
     label = read_label_image(ADS_DEMO / "image_seg-axonmyelin.png")  # 0/127/255 -> 0/1/2

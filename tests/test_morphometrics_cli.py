@@ -292,7 +292,7 @@ def test_mtneuro_pixel_size_missing_or_broken(tmp_path):
 def test_read_label_volume_refuses_colour_tiffs(tmp_path):
     import tifffile
 
-    from nnunet_ext.morphometrics.io import read_label_volume
+    from nnunet_ext.io.images import read_label_volume
 
     rgb = tmp_path / "rgb.tif"
     tifffile.imwrite(rgb, np.zeros((20, 30, 3), np.uint8), photometric="rgb")

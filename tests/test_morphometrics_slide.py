@@ -182,7 +182,7 @@ def _ome_zarr(path, label, axes, scale, global_scale=None):
 
 
 def test_pixel_size_from_ome_zarr_metadata(slide, tmp_path):
-    from nnunet_ext.morphometrics.io import find_pixel_size, pixel_size_from_ome_zarr
+    from nnunet_ext.io.pixel_size import find_pixel_size, pixel_size_from_ome_zarr
 
     label, _, _ = slide
     yx = [{"name": "y", "type": "space", "unit": "nanometer"}, {"name": "x", "type": "space", "unit": "nanometer"}]

@@ -84,7 +84,7 @@ def test_missing_model_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_segment_bids_dataset_with_morphometrics(smoke_trained_model, tmp_path, capsys):
-    from nnunet_ext.dataset_conversion.bids_microscopy import read_grey_image
+    from nnunet_ext.io.images import read_grey_image
     from nnunet_ext.segmentation.predictor import ModelSpec, cached_predictor, predict_image
 
     model = Path(smoke_trained_model).parent
@@ -125,7 +125,7 @@ def test_segment_bids_dataset_with_morphometrics(smoke_trained_model, tmp_path, 
 @pytest.mark.slow
 def test_large_image_goes_block_wise_with_slide_morphometrics(smoke_trained_model, tmp_path, capsys):
     from nnunet_ext.segmentation.predictor import ModelSpec, cached_predictor, predict_image
-    from nnunet_ext.segmentation.slides import read_labels
+    from nnunet_ext.io.slides import read_labels
 
     model = Path(smoke_trained_model).parent
     image = generate_phantom((120, 150), contrast="TEM", seed=8).image

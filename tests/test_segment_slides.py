@@ -14,18 +14,12 @@ import numpy as np
 import pytest
 
 from nnunet_ext.phantoms.generator import generate_phantom
-from nnunet_ext.segmentation import slides
+from nnunet_ext.io.slides import SlideSource, block_grid, read_labels
+from nnunet_ext.segmentation import slide_prediction
 from nnunet_ext.segmentation.predictor import ModelSpec, borrowed_predictor, cached_predictor, predict_image
-from nnunet_ext.segmentation.slides import (
-    PARTIAL_SUFFIX,
-    SlideSource,
-    axis_tiles,
-    axis_window,
-    block_statistics,
-    combine_statistics,
-    read_labels,
-    segment_slide,
-)
+from nnunet_ext.segmentation.slide_normalisation import block_statistics, combine_statistics
+from nnunet_ext.segmentation.slide_prediction import PARTIAL_SUFFIX, segment_slide
+from nnunet_ext.segmentation.slide_tiling import axis_tiles, axis_window
 
 
 # ------------------------------------------------------------------------------------------- without a model
@@ -59,7 +53,7 @@ def test_statistics_from_blocks_equal_the_whole_image():
     image[:11] = 0
     image[:, 160:] = 0
     image[40, 3] = 0
-    parts = [block_statistics(image, core) for core in slides.block_grid(image.shape, 64)]
+    parts = [block_statistics(image, core) for core in block_grid(image.shape, 64)]
     statistics = combine_statistics(parts, image.shape)
     assert statistics.nonzero_box == [[11, 150], [0, 160]]
     cropped = image[11:150, :160].astype(np.float64)  # nnU-Net normalises the image cropped to that box
@@ -68,7 +62,7 @@ def test_statistics_from_blocks_equal_the_whole_image():
     assert statistics.std == pytest.approx(cropped.std(), rel=1e-12)
     assert (statistics.minimum, statistics.maximum) == (0, image.max())
     image[40, 3] = 17
-    statistics = combine_statistics([block_statistics(image, c) for c in slides.block_grid(image.shape, 64)],
+    statistics = combine_statistics([block_statistics(image, c) for c in block_grid(image.shape, 64)],
                                     image.shape)
     assert statistics.minimum == image[11:150, :160].min() > 0
 
@@ -92,7 +86,7 @@ def test_slide_sources_read_windows_like_the_whole_image(tmp_path):
     import tifffile
     import zarr
 
-    from nnunet_ext.dataset_conversion.bids_microscopy import read_grey_image
+    from nnunet_ext.io.images import read_grey_image
 
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (200, 260, 3), dtype=np.uint8)
@@ -195,7 +189,7 @@ def test_killed_run_resumes_and_skips_finished_blocks(spec, tmp_path, monkeypatc
     tifffile.imwrite(tmp_path / "slide.tif", image, tile=(64, 64))
     output = tmp_path / "slide_seg.zarr"
     predicted = []
-    original = slides.predict_block
+    original = slide_prediction.predict_block
 
     def dies_after_five(spec, source, core, plan):
         if len(predicted) == 5:
@@ -203,7 +197,7 @@ def test_killed_run_resumes_and_skips_finished_blocks(spec, tmp_path, monkeypatc
         predicted.append(core)
         return original(spec, source, core, plan)
 
-    monkeypatch.setattr(slides, "predict_block", dies_after_five)
+    monkeypatch.setattr(slide_prediction, "predict_block", dies_after_five)
     with pytest.raises(KeyboardInterrupt):
         segment_slide(tmp_path / "slide.tif", output, spec, block_size=64, workers=1, progress=False)
     partial = tmp_path / ("slide_seg.zarr" + PARTIAL_SUFFIX)
@@ -213,7 +207,7 @@ def test_killed_run_resumes_and_skips_finished_blocks(spec, tmp_path, monkeypatc
 
     first_run = list(predicted)
     predicted.clear()
-    monkeypatch.setattr(slides, "predict_block", lambda *args: predicted.append(args[2]) or original(*args))
+    monkeypatch.setattr(slide_prediction, "predict_block", lambda *args: predicted.append(args[2]) or original(*args))
     with pytest.raises(ValueError, match="other settings.*block_size"):
         segment_slide(tmp_path / "slide.tif", output, spec, block_size=128, progress=False)
     result = segment_slide(tmp_path / "slide.tif", output, spec, block_size=64, progress=False)

@@ -339,7 +339,7 @@ def convert_axoncallosum(raw_root: str | os.PathLike, dataset_id: int, dataset_n
                 contacts += _contact_counts(label)
                 image = lazy(region.image_file).read(y0, y1, x0, x1)
                 if image.ndim == 3:
-                    from nnunet_ext.dataset_conversion.bids_microscopy import to_single_channel
+                    from nnunet_ext.io.images import to_single_channel
 
                     image = to_single_channel(image, region.image_file)
                 writer.add_case(_downsample_image(image, factor), label, split=region.split,

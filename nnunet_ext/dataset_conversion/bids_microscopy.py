@@ -18,191 +18,13 @@ from typing import Iterable
 import numpy as np
 from tqdm import tqdm
 
+from nnunet_ext.io.bids import ADS_AXONMYELIN_VALUES, BidsMicroscopyImage, find_bids_images
+from nnunet_ext.io.images import read_grey_image
 from nnunet_ext.dataset_conversion.nnunet_raw import (AXON_MYELIN_LABELS, NnUNetRawWriter, add_destination_arguments,
                                                       raw_root_from_args)
 
-IMAGE_EXTENSIONS = (".png", ".tif", ".tiff")
-UNIT_TO_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "micrometer": 1.0, "nm": 1e-3, "mm": 1e3}
-AXONMYELIN_VALUES = {0: 0, 127: 1, 255: 2}  # ADS axonmyelin mask value -> nnU-Net label
 # Real masks drift from the nominal values (ads_sem's sub-rat2 has myelin at 128 and a few anti-aliased pixels):
 # each pixel goes to the nearest nominal value, and the number of off-nominal pixels is reported.
-
-
-@dataclass
-class BidsMicroscopyImage:
-    """One image of a BIDS microscopy dataset, with what the converter needs to know about it."""
-
-    path: Path
-    subject: str
-    entities: dict
-    modality: str
-    pixel_size_um: float | None
-    label_files: dict = field(default_factory=dict)  # "axonmyelin" | "axon" | "myelin" -> Path
-
-    @property
-    def stem(self) -> str:
-        return _strip_extension(self.path.name)
-
-    @property
-    def sample(self) -> str:
-        return self.entities.get("sample", "")
-
-    @property
-    def has_label(self) -> bool:
-        return "axonmyelin" in self.label_files or {"axon", "myelin"} <= set(self.label_files)
-
-    @property
-    def used_label_files(self) -> list[Path]:
-        """The mask file(s) the label is read from: the axonmyelin mask if present, else the axon and myelin masks."""
-        if "axonmyelin" in self.label_files:
-            return [self.label_files["axonmyelin"]]
-        return [self.label_files[k] for k in ("axon", "myelin") if k in self.label_files]
-
-
-def _strip_extension(name: str) -> str:
-    for ext in (".ome.tiff", ".ome.tif", *IMAGE_EXTENSIONS, ".json"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
-def parse_bids_name(name: str) -> tuple[dict, str]:
-    """Entities and suffix of a BIDS file name: ``sub-rat3_sample-data9_SEM.png`` -> ({sub, sample}, "SEM")."""
-    parts = _strip_extension(name).split("_")
-    entities = {}
-    for part in parts[:-1]:
-        key, sep, value = part.partition("-")
-        if not sep:
-            raise ValueError(f"{name}: '{part}' is not a BIDS key-value entity")
-        entities[key] = value
-    return entities, parts[-1]
-
-
-def pixel_size_from_sidecar(sidecar: Path) -> float:
-    """Isotropic pixel size in um from a BIDS microscopy JSON sidecar (``PixelSize``, ``PixelSizeUnits``)."""
-    try:
-        meta = json.loads(Path(sidecar).read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{sidecar}: not valid JSON ({error})") from None
-    if "PixelSize" not in meta:
-        raise ValueError(f"{sidecar}: no 'PixelSize' field")
-    size = meta["PixelSize"]
-    sizes = [float(s) for s in (size if isinstance(size, (list, tuple)) else [size])]
-    unit = str(meta.get("PixelSizeUnits", "um")).strip()
-    if unit not in UNIT_TO_UM:
-        raise ValueError(f"{sidecar}: PixelSizeUnits {unit!r} not understood (use um, nm or mm)")
-    sizes_um = [s * UNIT_TO_UM[unit] for s in sizes[:2]]
-    if any(not np.isfinite(s) or s <= 0 for s in sizes_um):
-        raise ValueError(f"{sidecar}: PixelSize must be positive, got {size}")
-    if len(sizes_um) == 2 and not np.isclose(sizes_um[0], sizes_um[1], rtol=1e-3):
-        raise ValueError(f"{sidecar}: anisotropic pixels {sizes_um} um are not supported")
-    return sizes_um[0]
-
-
-def find_sidecar(image: Path, bids_root: Path) -> Path | None:
-    """The most specific JSON sidecar that applies to ``image`` under BIDS inheritance, or None."""
-    entities, suffix = parse_bids_name(image.name)
-    folders = [image.parent]
-    while folders[-1] != bids_root and bids_root in folders[-1].parents:
-        folders.append(folders[-1].parent)
-    best, best_rank = None, None
-    for depth, folder in enumerate(folders):
-        for candidate in folder.glob(f"*{suffix}.json"):
-            try:
-                cand_entities, cand_suffix = parse_bids_name(candidate.name)
-            except ValueError:
-                continue
-            if cand_suffix != suffix or any(entities.get(k) != v for k, v in cand_entities.items()):
-                continue
-            rank = (-depth, len(cand_entities))  # nearer folder first, then more entities
-            if best_rank is None or rank > best_rank:
-                best, best_rank = candidate, rank
-    return best
-
-
-def find_bids_images(bids_root: str | os.PathLike, label_suffix: str = "manual") -> list[BidsMicroscopyImage]:
-    """All microscopy images of a BIDS dataset with their pixel sizes and label files.
-
-    Parameters
-    ----------
-    bids_root : path
-        Root of the BIDS dataset (holds ``sub-*`` folders).
-    label_suffix : str
-        Which label derivatives to use: ``<stem>_seg-<class>-<label_suffix>.png``.
-    """
-    root = Path(bids_root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: BIDS dataset folder not found")
-    images = []
-    for path in sorted(root.glob("sub-*/**/micr/*")):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or "derivatives" in path.relative_to(root).parts:
-            continue
-        entities, suffix = parse_bids_name(path.name)
-        sidecar = find_sidecar(path, root)
-        image = BidsMicroscopyImage(path, entities.get("sub", ""), entities, suffix,
-                                    pixel_size_from_sidecar(sidecar) if sidecar else None)
-        label_dir = root / "derivatives" / "labels" / path.parent.relative_to(root)
-        for kind in ("axonmyelin", "axon", "myelin"):
-            label = label_dir / f"{image.stem}_seg-{kind}-{label_suffix}.png"
-            if label.is_file():
-                image.label_files[kind] = label
-        if image.label_files and not image.has_label:
-            only = next(iter(image.label_files.values()))
-            other = "myelin" if "axon" in image.label_files else "axon"
-            raise ValueError(f"{only}: found without its _seg-{other}-{label_suffix}.png (or an _seg-axonmyelin-"
-                             f"{label_suffix}.png); a label needs both axon and myelin masks")
-        images.append(image)
-    if not images:
-        raise FileNotFoundError(f"{root}: no microscopy images found under sub-*/micr/ "
-                                f"(extensions {', '.join(IMAGE_EXTENSIONS)})")
-    return images
-
-
-def read_grey_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a microscopy image as one grey channel, keeping 8 or 16 bits.
-
-    Grey+alpha drops alpha; RGB(A) becomes luminance (scikit-image's ``rgb2gray``, Rec. 709 weights) in the input's
-    bit depth.
-    """
-    path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        array = tifffile.imread(path)
-    else:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):  # palette or colour model: to RGB(A) first
-                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-            elif im.mode == "1":
-                im = im.convert("L")
-            array = np.array(im)
-    return to_single_channel(array, path)
-
-
-def to_single_channel(array: np.ndarray, source: str | os.PathLike = "image") -> np.ndarray:
-    """Grey, grey+alpha, RGB or RGBA array to one grey channel of the same integer type."""
-    if array.ndim == 2:
-        grey = array
-    elif array.ndim == 3 and array.shape[-1] == 2:
-        grey = array[..., 0]
-    elif array.ndim == 3 and array.shape[-1] in (3, 4):
-        from skimage.color import rgb2gray
-        from skimage.util import img_as_ubyte, img_as_uint
-
-        grey = rgb2gray(array[..., :3])
-        grey = img_as_uint(grey) if array.dtype == np.uint16 else img_as_ubyte(grey)
-    else:
-        raise ValueError(f"{source}: expected a 2D grey, grey+alpha, RGB or RGBA image, got shape {array.shape}")
-    if grey.dtype == np.bool_:
-        grey = grey.astype(np.uint8) * 255
-    if grey.dtype not in (np.uint8, np.uint16):
-        if np.issubdtype(grey.dtype, np.integer) and grey.min() >= 0 and grey.max() < 65536:
-            grey = grey.astype(np.uint16)
-        else:
-            raise ValueError(f"{source}: pixel type {grey.dtype} not supported (8- or 16-bit unsigned expected)")
-    return grey
 
 
 def _read_binary_mask(path: Path) -> np.ndarray:
@@ -221,13 +43,13 @@ def read_axon_myelin_label(image: BidsMicroscopyImage) -> np.ndarray:
         mask = read_grey_image(path)
         if mask.dtype != np.uint8:
             raise ValueError(f"{path}: axonmyelin mask must be 8-bit (0, 127, 255), got {mask.dtype}")
-        nominal = np.array(sorted(AXONMYELIN_VALUES))
+        nominal = np.array(sorted(ADS_AXONMYELIN_VALUES))
         if mask.any() and mask.max() < 64:  # e.g. a 0/1/2 label map: it would all round to background
             raise ValueError(f"{path}: values {np.unique(mask).tolist()[:8]} but an axonmyelin mask holds 0 "
                              f"background, 127 myelin, 255 axon")
         # every grey value goes to the label of the nearest nominal value: below 64 background, 64..191 myelin
         nearest = np.abs(np.arange(256)[:, None] - nominal[None]).argmin(axis=1)
-        lookup = np.array([AXONMYELIN_VALUES[v] for v in nominal], np.uint8)[nearest]
+        lookup = np.array([ADS_AXONMYELIN_VALUES[v] for v in nominal], np.uint8)[nearest]
         label = lookup[mask]
         counts = np.bincount(mask.ravel(), minlength=256)
         counts[nominal] = 0

@@ -25,6 +25,8 @@ __all__ = [
     "staging_folder",
     "replace_folder",
     "remove_stale_staging",
+    "scratch_folder",
+    "publish_files",
     "STAGING_MARK",
 ]
 
@@ -161,3 +163,29 @@ def staging_folder(out_dir: str | os.PathLike, overwrite: bool = False) -> Itera
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def scratch_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """A hidden staging folder beside ``out_dir`` for outputs that are moved into it one by one
+    (:func:`publish_files`); the folder is deleted when the block ends, whether it succeeded or not."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{STAGING_MARK}{os.getpid()}-", dir=out_dir.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish_files(staging: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Move every file of a finished ``staging`` folder into ``out_dir`` (created if needed), replacing files of the
+    same name and leaving the folder's other files alone; returns the new paths in name order."""
+    staging, out_dir = Path(staging), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for produced in sorted(staging.iterdir()):
+        os.replace(produced, out_dir / produced.name)
+        written.append(out_dir / produced.name)
+    return written

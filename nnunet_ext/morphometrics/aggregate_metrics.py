@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from nnunet_ext.morphometrics.axon import as_binary_mask, axon_morphometrics, check_pixel_size, prepare_masks
+from nnunet_ext.io.pixel_size import check_pixel_size
+from nnunet_ext.morphometrics.axon import as_binary_mask, axon_morphometrics, prepare_masks
 
 # Keys of aggregate_morphometrics(), in the order of the aggregate CSV.
 AGGREGATE_KEYS = [

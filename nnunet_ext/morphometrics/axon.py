@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from nnunet_ext.io.pixel_size import check_pixel_size
 from nnunet_ext.morphometrics import _kernels
 
 AXON_SHAPES = ("circle", "ellipse")
@@ -102,19 +103,6 @@ def as_binary_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
         raise ValueError(f"{name} must be binary (0 and one positive value), found values {shown}; threshold "
                          f"probabilities or use masks_from_label_image() for label images")
     return binary
-
-
-def check_pixel_size(pixel_size_um) -> float:
-    """Return the pixel size as a positive finite float, or raise ``ValueError`` saying what is wrong."""
-    if pixel_size_um is None:
-        raise ValueError("pixel size is missing: give it in micrometres (um per pixel)")
-    try:
-        value = float(pixel_size_um)
-    except (TypeError, ValueError):
-        raise ValueError(f"pixel size must be a number in um, got {pixel_size_um!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"pixel size must be a positive number of um, got {pixel_size_um!r}")
-    return value
 
 
 def prepare_masks(axon_mask, myelin_mask) -> tuple[np.ndarray, np.ndarray]:

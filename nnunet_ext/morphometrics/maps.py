@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from nnunet_ext.morphometrics.aggregate_metrics import aggregate_from_counts
-from nnunet_ext.morphometrics.axon import as_binary_mask, axon_morphometrics, check_pixel_size, prepare_masks
+from nnunet_ext.io.pixel_size import check_pixel_size
+from nnunet_ext.morphometrics.axon import as_binary_mask, axon_morphometrics, prepare_masks
 
 # Metrics drawn as heat maps by default, with their colour-bar labels.
 MAP_METRICS = {

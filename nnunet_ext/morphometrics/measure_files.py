@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,25 +12,18 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nnunet_ext.morphometrics.aggregate_metrics import AGGREGATE_KEYS, aggregate_morphometrics
-from nnunet_ext.morphometrics.axon import (
-    as_binary_mask,
-    axon_morphometrics,
-    check_pixel_size,
-    masks_from_label_image,
-    prepare_masks,
-)
-from nnunet_ext.morphometrics.io import (
-    LABEL_EXTENSIONS,
-    find_pixel_size,
-    read_image_2d,
-    read_label_image,
-    strip_extension,
-)
+from nnunet_ext.io.atomic import publish_files, scratch_folder
+from nnunet_ext.io.bids import find_bids_images, is_bids_dataset, read_label_image
+from nnunet_ext.io.images import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, read_image_2d, strip_extension
+from nnunet_ext.io.pixel_size import check_pixel_size, find_pixel_size
+from nnunet_ext.morphometrics.aggregate_metrics import AGGREGATE_KEYS, aggregate_from_counts, aggregate_morphometrics
+from nnunet_ext.morphometrics.axon import as_binary_mask, axon_morphometrics, masks_from_label_image, prepare_masks
+from nnunet_ext.morphometrics.maps import save_map_pngs, tile_morphometrics, tile_size_in_pixels, tiles_from_counts
+from nnunet_ext.morphometrics.qc import save_qc_overlay
+from nnunet_ext.morphometrics.slide_chunks import slide_morphometrics
 
 # ADS-style mask names: <stem>_seg-axon[-suffix].ext and <stem>_seg-myelin[-suffix].ext
 _AXON_MASK = re.compile(r"^(?P<stem>.+)_seg-axon(?P<suffix>(-[^_.]+)?)$")
-IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 COMBINED_CSV = "axon_morphometrics.csv"
 AGGREGATE_CSV = "aggregate_morphometrics.csv"
 
@@ -71,10 +62,6 @@ def _mask_pair(axon_path: Path) -> MorphometricsInput | None:
     return MorphometricsInput(stem, axon_path=axon_path, myelin_path=myelin_path, image_path=image_path)
 
 
-def _is_bids(folder: Path) -> bool:
-    return (folder / "dataset_description.json").is_file() and any(folder.glob("sub-*"))
-
-
 def discover_inputs(path: str | os.PathLike, pixel_size_um: float | None = None, label_suffix: str = "manual",
                     image_dir: str | os.PathLike | None = None) -> list[MorphometricsInput]:
     """The images to measure under ``path``, each with its pixel size.
@@ -89,7 +76,7 @@ def discover_inputs(path: str | os.PathLike, pixel_size_um: float | None = None,
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    if path.is_dir() and _is_bids(path):
+    if path.is_dir() and is_bids_dataset(path):
         return _discover_bids(path, pixel_size_um, label_suffix)
     if path.is_file():
         if re.search(r"_seg-myelin", path.name):
@@ -116,8 +103,6 @@ def discover_inputs(path: str | os.PathLike, pixel_size_um: float | None = None,
 
 
 def _discover_bids(root: Path, pixel_size_um: float | None, label_suffix: str) -> list[MorphometricsInput]:
-    from nnunet_ext.dataset_conversion.bids_microscopy import find_bids_images
-
     items = []
     for image in find_bids_images(root, label_suffix=label_suffix):
         if not image.has_label:
@@ -210,9 +195,7 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
     roi_paths = _roi_paths(roi, inputs)
     filters = {"min_axon_area_um2": min_axon_area_um2, "drop_border": drop_border, "drop_invalid": drop_invalid}
     filter_text = ", ".join(f"{k}={v}" for k, v in filters.items() if v not in (None, False)) or "none"
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with scratch_folder(out_dir) as tmp:
         tables, aggregates = [], []
         for item in tqdm(inputs, desc="morphometrics", unit="image", disable=len(inputs) < 2):
             axon, myelin = load_masks(item, myelin_label, axon_label)
@@ -236,15 +219,11 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
             kept.to_csv(tmp / f"{item.name}_axon_morphometrics.csv", index=False, na_rep="NaN")
             tables.append(kept)
             if maps:
-                from nnunet_ext.morphometrics.maps import save_map_pngs, tile_morphometrics
-
                 tiles = tile_morphometrics(axon, myelin, item.pixel_size_um, tile_size_px, tile_size_um,
                                            per_axon=kept, roi_mask=roi_mask)
                 tiles.to_csv(tmp / f"{item.name}_tiles.csv", index=False, na_rep="NaN")
                 save_map_pngs(tiles, tmp / item.name, item.pixel_size_um, title=item.name)
             if qc:
-                from nnunet_ext.morphometrics.qc import save_qc_overlay
-
                 image = read_image_2d(item.image_path) if item.image_path is not None else None
                 save_qc_overlay(tmp / f"{item.name}_qc.png", axon, myelin, per_axon, item.pixel_size_um, image)
         combined = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
@@ -252,13 +231,7 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
         columns = ["image", "source", "pixel_size_um", "pixel_size_source", "axon_shape", "roi", "filters",
                    "axons_filtered_out"] + [k for k in AGGREGATE_KEYS if k != "image"]
         pd.DataFrame(aggregates, columns=columns).to_csv(tmp / AGGREGATE_CSV, index=False, na_rep="NaN")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = []
-        for produced in sorted(tmp.iterdir()):
-            os.replace(produced, out_dir / produced.name)
-            written.append(out_dir / produced.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        written = publish_files(tmp, out_dir)
     return {"images": len(inputs), "axons": int(sum(len(t) for t in tables)), "files": written,
             "aggregates": aggregates}
 
@@ -318,11 +291,8 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
     ``roi``: an ROI mask (Zarr, TIFF or PNG; at the slide's resolution or downsampled by a whole factor), see
     :func:`~nnunet_ext.morphometrics.slide_chunks.slide_morphometrics`. ``image_name`` names the rows and output files
     (default: :func:`slide_image_name`). The pixel size is ``pixel_size_um``, else the OME-Zarr metadata, a
-    sidecar or ``pixel_size_in_micrometer.txt`` (:func:`~nnunet_ext.morphometrics.io.find_pixel_size`).
+    sidecar or ``pixel_size_in_micrometer.txt`` (:func:`~nnunet_ext.io.pixel_size.find_pixel_size`).
     """
-    from nnunet_ext.morphometrics.aggregate_metrics import aggregate_from_counts
-    from nnunet_ext.morphometrics.maps import save_map_pngs, tile_size_in_pixels, tiles_from_counts
-    from nnunet_ext.morphometrics.slide_chunks import slide_morphometrics
 
     source = Path(source)
     name = image_name or slide_image_name(source)
@@ -349,9 +319,7 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
     aggregate.update(image=name, source=str(source), pixel_size_um=pixel_size, pixel_size_source=pixel_source,
                      axon_shape=axon_shape, roi=_roi_text(roi), filters=filter_text,
                      axons_filtered_out=len(result.per_axon) - len(kept), halo_exceeded=result.halo_exceeded)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with scratch_folder(out_dir) as tmp:
         kept.to_csv(tmp / f"{name}_axon_morphometrics.csv", index=False, na_rep="NaN")
         kept.to_csv(tmp / COMBINED_CSV, index=False, na_rep="NaN")
         columns = ["image", "source", "pixel_size_um", "pixel_size_source", "axon_shape", "roi", "filters",
@@ -365,19 +333,11 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
             tiles.to_csv(tmp / f"{name}_tiles.csv", index=False, na_rep="NaN")
             save_map_pngs(tiles, tmp / name, pixel_size, title=name)
         if qc:
-            from nnunet_ext.morphometrics.qc import save_qc_overlay
-
             step = result.overview_step
             overview_axons = kept.assign(**{"x0 (px)": kept["x0 (px)"] / step, "y0 (px)": kept["y0 (px)"] / step})
             save_qc_overlay(tmp / f"{name}_qc.png", result.overview == axon_label, result.overview == myelin_label,
                             overview_axons, pixel_size * step)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = []
-        for produced in sorted(tmp.iterdir()):
-            os.replace(produced, out_dir / produced.name)
-            written.append(out_dir / produced.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        written = publish_files(tmp, out_dir)
     if result.halo_exceeded:
         warnings.warn(f"{source}: {result.halo_exceeded} fibre(s) reach a chunk halo (noted in the CSV); rerun "
                       f"with a larger --halo for exact values")

@@ -14,6 +14,10 @@ import pandas as pd
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from nnunet_ext.io.atomic import write_csv_atomically
+from nnunet_ext.io.images import read_label_volume, strip_extension
+from nnunet_ext.io.pixel_size import PixelSizeNotFoundError, check_pixel_size, find_pixel_size
+
 MTNEURO_CSV = "mtneuro_semantic_features.csv"
 MTNEURO_EXTENSIONS = (".png", ".tif", ".tiff", ".nii.gz", ".nii", ".nrrd", ".mha", ".npy")
 MTNEURO_COLUMNS = ["slice", "vessel_fraction", "axon_fraction", "cell_count", "mean_cell_size (px)",
@@ -40,7 +44,6 @@ def semantic_features(label_map, pixel_size_um: float | None = None, vessel_labe
         ``MTNEURO_COLUMNS``; cell distances are between centroids. ``note`` says why a value is NaN (fewer than
         two cells: no nearest neighbour; no cells: no size).
     """
-    from nnunet_ext.morphometrics.axon import check_pixel_size
 
     labels = np.asarray(label_map)
     if labels.ndim == 2:
@@ -111,7 +114,7 @@ def run_semantic_features(path: str | os.PathLike, out_dir: str | os.PathLike, p
     out_dir : folder
     pixel_size_um : float, optional
         For every map; otherwise each map's own (``<name>.json`` sidecar or ``pixel_size_in_micrometer.txt``, as
-        :func:`~nnunet_ext.morphometrics.io.find_pixel_size`), and without one the um columns stay NaN. A sidecar
+        :func:`~nnunet_ext.io.pixel_size.find_pixel_size`), and without one the um columns stay NaN. A sidecar
         or text file that is there but unreadable raises ``ValueError`` naming it.
     vessel_label, cell_label, axon_label, connectivity
         As :func:`semantic_features`.
@@ -124,13 +127,6 @@ def run_semantic_features(path: str | os.PathLike, out_dir: str | os.PathLike, p
         ``image``, ``pixel_size_um`` and ``MTNEURO_COLUMNS``, one row per slice of every map. The CSV is written
         to a temporary file and moved into place.
     """
-    from nnunet_ext.evaluation.segmentation_metrics import write_csv_atomically
-    from nnunet_ext.morphometrics.io import (
-        PixelSizeNotFoundError,
-        find_pixel_size,
-        read_label_volume,
-        strip_extension,
-    )
 
     files = find_label_maps(path)
     out_dir = Path(out_dir)

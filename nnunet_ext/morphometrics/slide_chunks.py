@@ -23,52 +23,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nnunet_ext.io.images import read_image_2d
+from nnunet_ext.io.pixel_size import check_pixel_size
+from nnunet_ext.io.slides import Block, block_grid, dask_client, open_label_slide, run_block_tasks
+
 from nnunet_ext.morphometrics.aggregate_metrics import AGGREGATE_KEYS, aggregate_from_counts
-from nnunet_ext.morphometrics.axon import COLUMNS, check_pixel_size, masks_from_label_image, measure_axons
+from nnunet_ext.morphometrics.axon import COLUMNS, as_binary_mask, masks_from_label_image, measure_axons
+from nnunet_ext.morphometrics.maps import tile_pixel_counts, tiles_from_counts
 
 NOTE_HALO = "fibre reaches the chunk halo: values may differ from a whole-image run; use a larger halo"
 
 
-def open_label_source(source):
-    """A 2D array-like (``shape``, ``dtype``, slicing) over a label image: NumPy, Zarr/OME-Zarr or TIFF path."""
-    if isinstance(source, np.ndarray):
-        return source
-    if not isinstance(source, (str, os.PathLike)):
-        if hasattr(source, "shape") and hasattr(source, "__getitem__"):
-            return source  # a zarr or dask array
-        raise ValueError(f"unsupported label source {type(source).__name__}")
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: label image not found")
-    import zarr
-
-    if path.name.lower().endswith((".tif", ".tiff")):
-        import tifffile
-
-        node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
-    else:
-        node = zarr.open(str(path), mode="r")
-    if isinstance(node, zarr.Group):  # OME-Zarr multiscales or a TIFF pyramid: the full-resolution level
-        from nnunet_ext.morphometrics.io import ome_multiscales
-
-        multiscales = ome_multiscales(node.attrs)
-        key = multiscales[0]["datasets"][0]["path"] if multiscales else sorted(node.array_keys())[0]
-        node = node[key]
-    return _Squeezed2D(node, path)
-
-
 def open_roi_source(roi):
-    """An ROI mask source: what :func:`open_label_source` opens, or any other image file (read into memory)."""
+    """An ROI mask source: what :func:`~nnunet_ext.io.slides.open_label_slide` opens, or any other image file (read
+    into memory)."""
     if isinstance(roi, (str, os.PathLike)):
         path = Path(roi)
         lower = path.name.lower()
         if not path.exists():
             raise FileNotFoundError(f"{path}: ROI mask not found")
         if not (path.is_dir() or lower.endswith((".tif", ".tiff"))):
-            from nnunet_ext.morphometrics.io import read_image_2d
-
             return read_image_2d(path)
-    return open_label_source(roi)
+    return open_label_slide(roi, "ROI mask")
 
 
 def roi_factor(roi_shape, slide_shape, name="ROI mask") -> int:
@@ -88,10 +64,9 @@ def roi_factor(roi_shape, slide_shape, name="ROI mask") -> int:
                      f"downsampling of it (ceil(H / f) x ceil(W / f))")
 
 
-def read_roi_block(roi, factor, y0, x0, y1, x1, name="ROI mask") -> np.ndarray:
-    """The ROI over slide pixels [y0, y1) x [x0, x1) as bool (nonzero inside), upsampled by ``factor``."""
-    from nnunet_ext.morphometrics.axon import as_binary_mask
-
+def read_roi_block(roi, factor, block: Block, name="ROI mask") -> np.ndarray:
+    """The ROI over a slide :class:`~nnunet_ext.io.slides.Block` as bool (nonzero inside), upsampled by ``factor``."""
+    y0, y1, x0, x1 = block
     block = np.asarray(roi[y0 // factor:(y1 - 1) // factor + 1, x0 // factor:(x1 - 1) // factor + 1])
     block = as_binary_mask(block, name)
     if factor > 1:
@@ -99,22 +74,6 @@ def read_roi_block(roi, factor, y0, x0, y1, x1, name="ROI mask") -> np.ndarray:
         oy, ox = y0 - (y0 // factor) * factor, x0 - (x0 // factor) * factor
         block = block[oy:oy + y1 - y0, ox:ox + x1 - x0]
     return block
-
-
-class _Squeezed2D:
-    """View of an array with singleton leading axes (OME-Zarr t, c, z) as 2D."""
-
-    def __init__(self, array, path):
-        self.array = array
-        lead = array.shape[:-2]
-        if any(size != 1 for size in lead):
-            raise ValueError(f"{path}: expected a 2D label image, got shape {array.shape}")
-        self.lead = (0,) * len(lead)
-        self.shape = tuple(array.shape[-2:])
-        self.dtype = array.dtype
-
-    def __getitem__(self, key):
-        return np.asarray(self.array[self.lead + tuple(key)])
 
 
 @dataclass
@@ -135,21 +94,16 @@ class SlideResult:
     pixel_counts: tuple | None = None
 
 
-def _chunk_grid(shape, chunk):
-    return [(y, x, min(y + chunk, shape[0]), min(x + chunk, shape[1]))
-            for y in range(0, shape[0], chunk) for x in range(0, shape[1], chunk)]
-
-
 def measure_chunk(source, core, halo, pixel_size, axon_shape, myelin_label, axon_label, tile, step,
                   roi_source=None, roi_scale=1, roi_name="ROI mask"):
     """Measure one chunk core with its halo; returns the owned rows and the core's pixel counts.
 
     With an ROI, the rows get an ``_in_roi`` column (centroid pixel inside it) and the counts are taken inside it.
     """
-    array = open_label_source(source)
+    array = open_label_slide(source)
     height, width = array.shape
-    y0, x0, y1, x1 = core
-    ry0, rx0, ry1, rx1 = max(0, y0 - halo), max(0, x0 - halo), min(height, y1 + halo), min(width, x1 + halo)
+    y0, y1, x0, x1 = core
+    ry0, ry1, rx0, rx1 = Block(*core).grown(halo, (height, width))
     label = np.asarray(array[ry0:ry1, rx0:rx1])
     axon, myelin = masks_from_label_image(label, myelin_label, axon_label)
     table, first = measure_axons(axon, myelin, pixel_size, axon_shape, threads=1)
@@ -179,7 +133,7 @@ def measure_chunk(source, core, halo, pixel_size, axon_shape, myelin_label, axon
     core_axon = axon[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
     core_myelin = myelin[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
     if roi_source is not None:
-        roi = read_roi_block(open_roi_source(roi_source), roi_scale, y0, x0, y1, x1, name=roi_name)
+        roi = read_roi_block(open_roi_source(roi_source), roi_scale, Block(y0, y1, x0, x1), name=roi_name)
         table["_in_roi"] = roi[rows[owned] - y0, cols[owned] - x0]
         core_axon, core_myelin, area = core_axon & roi, core_myelin & roi, roi
     else:
@@ -188,8 +142,6 @@ def measure_chunk(source, core, halo, pixel_size, axon_shape, myelin_label, axon
               "halo_exceeded": int(exceeded.sum())}
     tiles = None
     if tile:
-        from nnunet_ext.morphometrics.maps import tile_pixel_counts
-
         tiles = (tile_pixel_counts(core_axon, tile), tile_pixel_counts(core_myelin, tile),
                  tile_pixel_counts(area, tile))
     # overview: every step-th pixel of the slide, aligned on the global grid
@@ -235,8 +187,6 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
         pixels, as in memory), ``aggregate`` (as :func:`aggregate_morphometrics`), ``tiles``, a subsampled
         ``overview``, the number of rows whose fibre reached a chunk halo, and with an ROI ``in_roi``.
     """
-    import dask
-
     pixel_size = check_pixel_size(pixel_size_um)
     if int(chunk_size) != chunk_size or chunk_size < 16:
         raise ValueError(f"chunk size must be a whole number of pixels >= 16, got {chunk_size!r}")
@@ -244,7 +194,7 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
         raise ValueError(f"halo must be a whole number of pixels >= 0, got {halo!r}")
     if tile_size_px:
         chunk_size = int(math.ceil(chunk_size / tile_size_px) * tile_size_px)
-    array = open_label_source(source)
+    array = open_label_slide(source)
     if len(array.shape) != 2:
         raise ValueError(f"label image must be 2D, got shape {array.shape}")
     height, width = array.shape
@@ -258,22 +208,13 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
         roi_source = roi if isinstance(roi, (str, os.PathLike)) and not isinstance(roi_array, np.ndarray) \
             else roi_array
     step = max(1, int(math.ceil(max(height, width) / overview_side)))
-    grid = _chunk_grid((height, width), int(chunk_size))
+    grid = block_grid((height, width), int(chunk_size))
     task_source = source if not isinstance(source, np.ndarray) else array
-    tasks = [dask.delayed(measure_chunk)(task_source, core, int(halo), pixel_size, axon_shape, myelin_label,
-                                         axon_label, tile_size_px, step, roi_source, roi_scale, roi_name)
-             for core in grid]
-    if scheduler:
-        from dask.distributed import Client
-
-        with Client(scheduler) as client:
-            futures = client.compute(tasks)
-            results = client.gather(futures)
-    else:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar(minimum=2) if progress else _nothing():
-            results = dask.compute(*tasks, scheduler="threads", num_workers=num_workers)
+    arguments = [(task_source, core, int(halo), pixel_size, axon_shape, myelin_label, axon_label, tile_size_px, step,
+                  roi_source, roi_scale, roi_name) for core in grid]
+    with dask_client(scheduler) as client:
+        results = run_block_tasks(measure_chunk, arguments, client, num_workers, progress and len(grid) > 1,
+                                  description="chunks")
     tables = [r[0] for r in results]
     per_axon = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
     per_axon = per_axon.sort_values("_first", kind="stable").drop(columns="_first").reset_index(drop=True)
@@ -293,19 +234,17 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
     aggregate = {key: aggregate[key] for key in AGGREGATE_KEYS}
     halo_exceeded = sum(r[1]["halo_exceeded"] for r in results)
     overview = np.zeros((-(-height // step), -(-width // step)), np.uint8)
-    for (y0, x0, _, _), result in zip(grid, results):
-        block = result[3]
+    for core, result in zip(grid, results):
+        block, y0, x0 = result[3], core.y0, core.x0
         oy, ox = -(-y0 // step), -(-x0 // step)
         overview[oy:oy + block.shape[0], ox:ox + block.shape[1]] = block
     tiles = None
     if tile_size_px:
-        from nnunet_ext.morphometrics.maps import tiles_from_counts
-
         n_rows, n_cols = -(-height // tile_size_px), -(-width // tile_size_px)
         counts = [np.zeros((n_rows, n_cols), np.int64) for _ in range(3)]
-        for (y0, x0, _, _), result in zip(grid, results):
+        for core, result in zip(grid, results):
             for total, part in zip(counts, result[2]):
-                ty, tx = y0 // tile_size_px, x0 // tile_size_px
+                ty, tx = core.y0 // tile_size_px, core.x0 // tile_size_px
                 total[ty:ty + part.shape[0], tx:tx + part.shape[1]] = part
         tiles = tiles_from_counts(inside, counts[2], counts[0], counts[1], tile_size_px, (height, width),
                                   pixel_size)
@@ -316,9 +255,3 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
                        tile_counts, (area_pixels, axon_pixels, myelin_pixels))
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

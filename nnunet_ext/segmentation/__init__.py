@@ -13,7 +13,8 @@ batch
 from nnunet_ext.segmentation.segment_files import (SegmentationInput, discover_segmentation_inputs, segment_inputs,
                                            write_ads_masks)
 from nnunet_ext.segmentation.predictor import ModelSpec, load_predictor, predict_image, resolve_model_folder
-from nnunet_ext.segmentation.slides import SlideSource, read_labels, segment_slide
+from nnunet_ext.io.slides import SlideSource, read_labels
+from nnunet_ext.segmentation.slide_prediction import segment_slide
 
 __all__ = ["ModelSpec", "SegmentationInput", "SlideSource", "discover_segmentation_inputs", "load_predictor",
            "predict_image", "read_labels", "resolve_model_folder", "segment_inputs", "segment_slide",

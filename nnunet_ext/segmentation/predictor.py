@@ -4,7 +4,7 @@ The model is loaded by nnU-Net's own ``nnUNetPredictor.initialize_from_trained_m
 checkpoint chosen as in ``nnUNetv2_predict`` (default: every ``fold_*`` holding the checkpoint). Images that fit in
 memory go through nnU-Net's full pipeline (``predict_single_npy_array``: cropping to the nonzero region,
 normalisation, resampling, sliding window, export). :class:`BlockPredictor` additionally lets
-:mod:`nnunet_ext.segmentation.slides` hand nnU-Net's sliding window the tiles of one block of a larger grid.
+:mod:`nnunet_ext.segmentation.slide_prediction` hand nnU-Net's sliding window the tiles of one block of a larger grid.
 """
 from __future__ import annotations
 

@@ -4,13 +4,12 @@ Images that fit in memory are predicted in one piece by nnU-Net's own pipeline a
 ``<stem>.png`` (0 background, then the dataset's labels: 1 myelin, 2 axon) with AxonDeepSeg's masks beside it:
 ``<stem>_seg-axon.png`` and ``<stem>_seg-myelin.png`` (0/255) and ``<stem>_seg-axonmyelin.png`` (axon 255, myelin
 127). Larger images, Zarr/OME-Zarr stores and big TIFFs are whole slides: predicted block by block
-(:mod:`nnunet_ext.segmentation.slides`) into ``<stem>_seg.zarr`` with a subsampled ``<stem>_seg-overview.png``.
+(:mod:`nnunet_ext.segmentation.slide_prediction`) into ``<stem>_seg.zarr`` with a subsampled ``<stem>_seg-overview.png``.
 ``morphometrics=True`` then runs :mod:`nnunet_ext.morphometrics` on the results.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +17,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from nnunet_ext.morphometrics.measure_files import MorphometricsInput, run_morphometrics, run_slide
 from nnunet_ext.segmentation.predictor import ModelSpec, axon_myelin_values, cached_predictor, predict_image
-from nnunet_ext.segmentation.slides import DEFAULT_BLOCK_SIZE, read_labels, save_overview_png, segment_slide
+from nnunet_ext.io.atomic import atomic_output_path
+from nnunet_ext.io.bids import ADS_MASK_SUFFIXES, ads_masks_from_labels, find_bids_images, is_bids_dataset
+from nnunet_ext.io.images import (IMAGE_EXTENSIONS, image_shape, is_zarr, read_large_grey_image, strip_extension,
+                                  write_png)
+from nnunet_ext.io.pixel_size import PixelSizeNotFoundError, find_pixel_size
+from nnunet_ext.io.slides import open_slide, read_labels
+from nnunet_ext.segmentation.slide_prediction import DEFAULT_BLOCK_SIZE, save_overview_png, segment_slide
 
-IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-ADS_SUFFIXES = ("_seg-axon", "_seg-myelin", "_seg-axonmyelin")
+ADS_SUFFIXES = ADS_MASK_SUFFIXES
 OUTPUT_SUFFIXES = (*ADS_SUFFIXES, "_seg-overview", "_seg")
 # One-piece prediction takes 25-32 bytes per pixel above the loaded model (measured at 4-17 megapixels): 2^25
 # pixels (for example 5800 x 5800) need about 1 GB. Larger images go block by block.
@@ -53,58 +58,7 @@ class SegmentationInput:
         return paths + ([folder / f"{self.name}.npz"] if save_probabilities else [])
 
 
-def strip_image_extension(name: str) -> str:
-    lower = name.lower()
-    for ext in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", *IMAGE_EXTENSIONS):
-        if lower.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and (path.name.lower().endswith(".zarr") or any(
-        (path / marker).is_file() for marker in ("zarr.json", ".zarray", ".zgroup")))
-
-
-def image_shape(path: Path) -> tuple[int, int]:
-    """Rows and columns of an image file, read from its header only."""
-    if path.name.lower().endswith((".tif", ".tiff")):
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                shape, axes = series.shape, series.axes
-        except Exception as error:  # tifffile raises many types for broken files
-            raise ValueError(f"{path}: cannot read TIFF header ({error})") from None
-        return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except Exception as error:
-        raise ValueError(f"{path}: cannot read image header ({error})") from None
-    return height, width
-
-
-def read_image(path: Path) -> np.ndarray:
-    """A grey image in memory (no Pillow size limit: the user names the file, and large ones are what we are for)."""
-    from PIL import Image
-
-    from nnunet_ext.dataset_conversion.bids_microscopy import read_grey_image
-
-    limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        return read_grey_image(path)
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
-
-
 def _pixel_size(path: Path, option: float | None) -> tuple[float | None, str]:
-    from nnunet_ext.morphometrics.io import PixelSizeNotFoundError, find_pixel_size
-
     try:
         return find_pixel_size(path, option)
     except PixelSizeNotFoundError:  # none given: fine for segmenting; a broken sidecar still raises, naming it
@@ -128,10 +82,8 @@ def discover_segmentation_inputs(path: str | os.PathLike, pixel_size_um: float |
     def add(file: Path, subdir: Path, size: float | None = None, size_source: str = ""):
         if size is None:
             size, size_source = _pixel_size(file, pixel_size_um)
-        if _is_zarr(file):
-            from nnunet_ext.segmentation.slides import open_slide
-
-            items.append(SegmentationInput(file, strip_image_extension(file.name), subdir, True, size, size_source,
+        if is_zarr(file):
+            items.append(SegmentationInput(file, strip_extension(file.name), subdir, True, size, size_source,
                                            open_slide(file).shape))
             return
         shape = image_shape(file)
@@ -139,16 +91,14 @@ def discover_segmentation_inputs(path: str | os.PathLike, pixel_size_um: float |
         slide = shape[0] * shape[1] > max_image_pixels
         if slide and not is_tiff:
             slide = "memory"  # a large PNG/JPEG cannot be read by windows: read it whole, predict by blocks
-        items.append(SegmentationInput(file, strip_image_extension(file.name), subdir, bool(slide), size,
+        items.append(SegmentationInput(file, strip_extension(file.name), subdir, bool(slide), size,
                                        size_source, shape))
 
-    if path.is_file() or _is_zarr(path):
+    if path.is_file() or is_zarr(path):
         if path.is_file() and not path.name.lower().endswith(IMAGE_EXTENSIONS):
             raise ValueError(f"{path}: not an image ({', '.join(IMAGE_EXTENSIONS)}) or Zarr store")
         add(path, Path("."))
-    elif (path / "dataset_description.json").is_file() and any(path.glob("sub-*")):
-        from nnunet_ext.dataset_conversion.bids_microscopy import find_bids_images
-
+    elif is_bids_dataset(path):
         for image in find_bids_images(path):
             size, source = (pixel_size_um, "option") if pixel_size_um is not None else (
                 (image.pixel_size_um, "BIDS sidecar") if image.pixel_size_um is not None else (None, ""))
@@ -157,8 +107,8 @@ def discover_segmentation_inputs(path: str | os.PathLike, pixel_size_um: float |
         for file in sorted(path.iterdir()):
             if file.name.startswith(".") or file.name.endswith(".partial"):
                 continue
-            stem = strip_image_extension(file.name)
-            if _is_zarr(file):
+            stem = strip_extension(file.name)
+            if is_zarr(file):
                 if stem.endswith("_seg"):
                     continue  # our own output
                 add(file, Path("."))
@@ -192,22 +142,8 @@ class SegmentationRecord:
 
 def write_ads_masks(labels: np.ndarray, folder: Path, name: str, myelin_value: int, axon_value: int) -> list[Path]:
     """AxonDeepSeg's three mask PNGs of a label image; returns their paths."""
-    axon, myelin = labels == axon_value, labels == myelin_value
-    combined = np.zeros(labels.shape, np.uint8)
-    combined[myelin] = 127
-    combined[axon] = 255
-    masks = {"_seg-axon": axon.astype(np.uint8) * 255, "_seg-myelin": myelin.astype(np.uint8) * 255,
-             "_seg-axonmyelin": combined}
-    return [_save_png(folder / f"{name}{suffix}.png", mask) for suffix, mask in masks.items()]
-
-
-def _save_png(path: Path, array: np.ndarray) -> Path:
-    from PIL import Image
-
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(array).save(temporary)
-    os.replace(temporary, path)
-    return path
+    masks = ads_masks_from_labels(labels == axon_value, labels == myelin_value)
+    return [write_png(folder / f"{name}{suffix}.png", mask) for suffix, mask in masks.items()]
 
 
 def segment_inputs(inputs: list[SegmentationInput], out_dir: str | os.PathLike, spec: ModelSpec,
@@ -272,7 +208,7 @@ def _fractions(labels: np.ndarray, labels_map: dict) -> dict:
 
 def _segment_image_input(item, folder, predictor, labels_map, values, save_probabilities) -> SegmentationRecord:
     started = time.perf_counter()
-    image = read_image(item.path)
+    image = read_large_grey_image(item.path)
     result = predict_image(predictor, image, return_probabilities=save_probabilities)
     labels, probabilities = result if save_probabilities else (result, None)
     outputs = []
@@ -280,11 +216,10 @@ def _segment_image_input(item, folder, predictor, labels_map, values, save_proba
         outputs += write_ads_masks(labels, folder, item.name, *values)
     if probabilities is not None:
         target = folder / f"{item.name}.npz"
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{item.name}.", suffix=".npz", delete=False) as handle:
-            np.savez_compressed(handle, probabilities=probabilities.astype(np.float32))
-        os.replace(handle.name, target)
+        with atomic_output_path(target) as temporary:
+            np.savez_compressed(temporary, probabilities=probabilities.astype(np.float32))
         outputs.append(target)
-    outputs.append(_save_png(folder / f"{item.name}.png", labels))  # the label last: written means "done"
+    outputs.append(write_png(folder / f"{item.name}.png", labels))  # the label last: written means "done"
     return SegmentationRecord(item.name, tuple(labels.shape), time.perf_counter() - started, outputs,
                               fractions=_fractions(labels, labels_map))
 
@@ -292,7 +227,7 @@ def _segment_image_input(item, folder, predictor, labels_map, values, save_proba
 def _segment_slide_input(item, folder, spec, labels_map, values, save_probabilities, overwrite, block_size,
                          scheduler, workers, progress) -> SegmentationRecord:
     started = time.perf_counter()
-    source = read_image(item.path) if not (_is_zarr(item.path) or item.path.name.lower().endswith(
+    source = read_large_grey_image(item.path) if not (is_zarr(item.path) or item.path.name.lower().endswith(
         (".tif", ".tiff"))) else item.path
     output = folder / f"{item.name}_seg.zarr"
     result = segment_slide(source, output, spec, block_size=block_size, save_probabilities=save_probabilities,
@@ -308,8 +243,6 @@ def _segment_slide_input(item, folder, spec, labels_map, values, save_probabilit
 
 def _run_morphometrics(inputs, out_dir: Path, values, axon_shape, overwrite, scheduler, workers) -> dict:
     """Chain the morphometrics batch API: images together, each slide on its own (block-wise)."""
-    from nnunet_ext.morphometrics.measure_files import MorphometricsInput, run_morphometrics, run_slide
-
     myelin_value, axon_value = values
     target = out_dir / MORPHOMETRICS_FOLDER
     results = {}

@@ -1,4 +1,10 @@
-"""Reading axon/myelin masks and label images, and finding their pixel size."""
+"""Pixel sizes: one lookup order, one unit table, one check.
+
+:func:`find_pixel_size` looks, in this order, at: the size given explicitly; a Zarr store's OME-Zarr metadata; a JSON
+sidecar ``<stem>.json`` beside the image (BIDS ``PixelSize`` + ``PixelSizeUnits``, or nnU-Net's ``spacing``, taken as
+um); AxonDeepSeg's ``pixel_size_in_micrometer.txt`` in the image's folder. BIDS datasets add sidecar inheritance
+(:func:`nnunet_ext.io.bids.find_sidecar`). Every size is in micrometres per pixel and passes :func:`check_pixel_size`.
+"""
 from __future__ import annotations
 
 import json
@@ -6,12 +12,24 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
+from nnunet_ext.io.images import is_zarr, strip_extension
 
-from nnunet_ext.morphometrics.axon import check_pixel_size
+def check_pixel_size(pixel_size_um) -> float:
+    """Return the pixel size as a positive finite float, or raise ``ValueError`` saying what is wrong."""
+    if pixel_size_um is None:
+        raise ValueError("pixel size is missing: give it in micrometres (um per pixel)")
+    try:
+        value = float(pixel_size_um)
+    except (TypeError, ValueError):
+        raise ValueError(f"pixel size must be a number in um, got {pixel_size_um!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"pixel size must be a positive number of um, got {pixel_size_um!r}")
+    return value
+
 
 PIXEL_SIZE_FILE = "pixel_size_in_micrometer.txt"  # AxonDeepSeg's convention
-# OME-NGFF space units (UDUNITS-2 names, as the specification lists them) and common abbreviations, in um.
+
+
 OME_UNITS_IN_UM = {
     "angstrom": 1e-4, "attometer": 1e-12, "centimeter": 1e4, "decimeter": 1e5, "decameter": 1e7,
     "exameter": 1e24, "femtometer": 1e-9, "foot": 304800.0, "gigameter": 1e15, "hectometer": 1e8, "inch": 25400.0,
@@ -20,123 +38,29 @@ OME_UNITS_IN_UM = {
     "yard": 914400.0, "yoctometer": 1e-18, "yottameter": 1e30, "zeptometer": 1e-15, "zettameter": 1e27,
     "micron": 1.0, "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "pm": 1e-6,
 }
-LABEL_EXTENSIONS = (".png", ".tif", ".tiff", ".nii.gz", ".nii", ".nrrd", ".mha")
+UNIT_TO_UM = OME_UNITS_IN_UM  # the one unit table: BIDS PixelSizeUnits and OME-NGFF axis units alike
+#: The units BIDS microscopy allows for ``PixelSizeUnits`` (and the micro sign's spellings of um).
+BIDS_PIXEL_SIZE_UNITS = ("um", "\u00b5m", "\u03bcm", "micrometer", "nm", "mm")
+
+
+def length_unit_in_um(unit: str) -> float | None:
+    """Micrometres per ``unit`` (``um``, ``nm``, ``mm``, ``micrometer``, ...; case as given, then lower case), or None
+    for a name that is not a length unit known here."""
+    text = str(unit).strip()
+    return UNIT_TO_UM.get(text, UNIT_TO_UM.get(text.lower()))
 
 
 class PixelSizeNotFoundError(ValueError):
     """No source gives an image's pixel size (as opposed to a source that is there but broken)."""
 
 
-def strip_extension(name: str) -> str:
-    """File name without its (possibly double) extension: ``a.nii.gz`` -> ``a``."""
-    lower = name.lower()
-    for ext in (".ome.tiff", ".ome.tif", ".ome.zarr", ".zarr", *LABEL_EXTENSIONS, ".json"):
-        if lower.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
-def read_image_2d(path: str | os.PathLike) -> np.ndarray:
-    """Read a 2D image (PNG, TIFF or anything SimpleITK reads) as a 2D array; grey+alpha drops alpha.
-
-    Raises ``ValueError`` naming the file when it is not 2D (a single-slice 3D volume is squeezed).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    lower = path.name.lower()
-    if lower.endswith(".png"):
-        from PIL import Image
-
-        with Image.open(path) as image:
-            array = np.array(image)
-    elif lower.endswith((".tif", ".tiff")):
-        import tifffile
-
-        array = tifffile.imread(path)
-    else:
-        import SimpleITK as sitk
-
-        array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    array = np.squeeze(array) if array.ndim > 2 and 1 in array.shape[:-1] else array
-    if array.ndim == 3 and array.shape[-1] in (2, 4) and lower.endswith(".png"):
-        array = array[..., 0] if array.shape[-1] == 2 else array[..., :3]
-    if array.ndim == 3 and array.shape[-1] == 3 and lower.endswith(".png"):
-        if not (np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 0], array[..., 2])):
-            raise ValueError(f"{path}: colour image; masks and label images must be single-channel")
-        array = array[..., 0]
-    if array.ndim != 2:
-        raise ValueError(f"{path}: expected a 2D mask or label image, got shape {array.shape}")
-    return array
-
-
-def read_label_volume(path: str | os.PathLike) -> np.ndarray:
-    """A 2D label map or a 3D stack (Z, H, W) of them, as an integer array: PNG, TIFF (stacks too), NumPy
-    ``.npy``, or anything SimpleITK reads (NIfTI, NRRD, MHA, as nnU-Net writes 3D predictions).
-
-    Raises ``ValueError`` naming the file for colour PNG/TIFF images (RGB(A) or several samples per pixel; a
-    palette TIFF's indices are read as labels), non-integer values or more than three dimensions. A ``.npy``
-    array has no colour metadata: its axes are taken as (H, W) or (Z, H, W).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    lower = path.name.lower()
-    if lower.endswith(".png"):
-        array = read_image_2d(path)
-    elif lower.endswith((".tif", ".tiff")):
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            # colour is in the tags: an RGB(A) image would otherwise read as H slices of W x 3(4)
-            if page.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR) \
-                    or page.samplesperpixel > 1:
-                photometric = getattr(page.photometric, "name", page.photometric)
-                raise ValueError(f"{path}: colour TIFF (photometric {photometric}, "
-                                 f"{page.samplesperpixel} samples per pixel); label maps must be single-channel "
-                                 f"(write stacks with photometric='minisblack')")
-            array = tif.asarray()
-    elif lower.endswith(".npy"):
-        array = np.load(path, allow_pickle=False)
-    else:
-        import SimpleITK as sitk
-
-        array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    array = np.asarray(array)
-    while array.ndim > 3 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim not in (2, 3):
-        raise ValueError(f"{path}: expected a 2D label map or a (Z, H, W) stack, got shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
-        if not np.issubdtype(array.dtype, np.floating) or np.any(array != np.round(array)):
-            raise ValueError(f"{path}: label map holds non-integer values ({array.dtype})")
-        array = array.astype(np.int64)
-    return array
-
-
-def read_label_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a label image (nnU-Net prediction: 0 background, 1 myelin, 2 axon) as an integer array.
-
-    An AxonDeepSeg ``*_seg-axonmyelin*.png`` (0 background, 127 myelin, 255 axon) is converted to 0/1/2.
-    """
-    array = read_image_2d(path)
-    if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
-        if np.any(array != np.round(array)):
-            raise ValueError(f"{path}: label image holds non-integer values")
-        array = array.astype(np.int64)
-    values = np.unique(array)
-    if set(values.tolist()) <= {0, 127, 255} and values.max(initial=0) > 2:
-        return np.select([array == 255, array == 127], [2, 1], 0).astype(np.uint8)
-    return array
-
-
 def pixel_size_from_sidecar(path: str | os.PathLike) -> float:
-    """Isotropic pixel size in um from a JSON sidecar with ``PixelSize`` (BIDS microscopy) or ``spacing``."""
-    from nnunet_ext.dataset_conversion.bids_microscopy import pixel_size_from_sidecar as bids_pixel_size
+    """Isotropic pixel size in um from a JSON sidecar: BIDS microscopy ``PixelSize`` (with ``PixelSizeUnits``,
+    default um), or nnU-Net's ``spacing`` (Tiff3DIO sidecars; nnU-Net has no unit, so it is taken as um).
 
+    Raises ``ValueError`` naming the file when the JSON is broken, holds neither field, or its values are not a
+    plausible pixel size (see :func:`check_pixel_size`).
+    """
     path = Path(path)
     try:
         meta = json.loads(path.read_text())
@@ -146,8 +70,21 @@ def pixel_size_from_sidecar(path: str | os.PathLike) -> float:
         raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
     try:
         if "PixelSize" in meta:
-            return bids_pixel_size(path)
-        if "spacing" in meta:  # nnU-Net's Tiff3DIO sidecar: spacing in the image's own unit, assumed um here
+            size = meta["PixelSize"]
+            unit = str(meta.get("PixelSizeUnits", "um")).strip()
+            if unit not in BIDS_PIXEL_SIZE_UNITS:
+                raise ValueError(f"PixelSizeUnits {unit!r} not understood (use um, nm or mm)")
+            factor = UNIT_TO_UM[unit]
+            sizes = size if isinstance(size, (list, tuple)) else [size]
+            if not sizes or any(isinstance(s, (bool, str)) or s is None for s in sizes):
+                raise ValueError(f"PixelSize must be a number or a list of numbers, got {size!r}")
+            sizes_um = [float(s) * factor for s in sizes[:2]]
+            if any(not math.isfinite(s) or s <= 0 for s in sizes_um):
+                raise ValueError(f"PixelSize must be positive, got {size}")
+            if len(sizes_um) == 2 and not math.isclose(sizes_um[0], sizes_um[1], rel_tol=1e-3):
+                raise ValueError(f"anisotropic pixels {sizes_um} um are not supported")
+            return check_pixel_size(sizes_um[0])
+        if "spacing" in meta:  # nnU-Net's Tiff3DIO sidecar: spacing in the image's own unit, taken as um here
             spacing = [float(s) for s in meta["spacing"]][-2:]
             if len(set(spacing)) != 1:
                 raise ValueError(f"anisotropic spacing {spacing} is not supported")
@@ -229,7 +166,7 @@ def pixel_size_from_ome_zarr(path: str | os.PathLike) -> float | None:
         if unit is None:
             raise ValueError(f"{path}: OME-Zarr axis '{axis}' has a scale ({value:g}) but no unit, so no pixel size; "
                              f"give it in um")
-        factor = OME_UNITS_IN_UM.get(str(unit).strip().lower(), OME_UNITS_IN_UM.get(str(unit).strip()))
+        factor = length_unit_in_um(unit)
         if factor is None:
             raise ValueError(f"{path}: OME-Zarr axis '{axis}' has unit {unit!r}, not a length unit known here "
                              f"(e.g. micrometer, nanometer, millimeter)")
@@ -240,11 +177,6 @@ def pixel_size_from_ome_zarr(path: str | os.PathLike) -> float | None:
         raise ValueError(f"{path}: anisotropic OME-Zarr pixels ({sizes['y']:g} um in y, {sizes['x']:g} um in x) are "
                          f"not supported")
     return check_pixel_size(sizes["x"])
-
-
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and (path.name.lower().endswith(".zarr") or (path / "zarr.json").is_file()
-                              or (path / ".zgroup").is_file() or (path / ".zarray").is_file())
 
 
 def find_pixel_size(image_path: str | os.PathLike, pixel_size_um: float | None = None) -> tuple[float, str]:
@@ -260,7 +192,7 @@ def find_pixel_size(image_path: str | os.PathLike, pixel_size_um: float | None =
     if pixel_size_um is not None:
         return check_pixel_size(pixel_size_um), "option"
     ome_note = ""
-    if _is_zarr(image_path):
+    if is_zarr(image_path):
         try:
             size = pixel_size_from_ome_zarr(image_path)
         except ValueError as error:  # unusable metadata: a sidecar may still give the size; said below if not

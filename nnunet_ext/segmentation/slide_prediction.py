@@ -45,281 +45,18 @@ from typing import Sequence
 
 import numpy as np
 
+from nnunet_ext.io.slides import SlideSource, block_grid, dask_client, open_slide, read_labels, run_block_tasks
+from nnunet_ext.segmentation.slide_normalisation import (SlideStatistics, block_statistics, check_slide_preprocessing,
+                                                         combine_statistics, normalize_block)
+from nnunet_ext.segmentation.slide_tiling import axis_tiles, axis_window
 from nnunet_ext.segmentation.predictor import ModelSpec, borrowed_predictor, cached_predictor, model_info
 
 PARTIAL_SUFFIX = ".partial"
 PROGRESS_FOLDER = ".blocks_done"
 METADATA_KEY = "nnunet_ext"
-SLIDE_SUFFIXES = (".zarr", ".tif", ".tiff")
 DEFAULT_BLOCK_SIZE = 4096
 LOCAL_GPU_CLUSTER = "local-gpus"
 STRIPE_PIXELS = 2**20  # logits turned into labels a stripe of about this many pixels at a time
-
-
-# ------------------------------------------------------------------------------------------------------ reading
-class SlideSource:
-    """A 2D grey view of a slide that reads windows on demand.
-
-    Parameters
-    ----------
-    source : ndarray, or path to a Zarr array / Zarr or OME-Zarr group (full-resolution level) / TIFF
-        Grey (Y, X), colour (Y, X, S) or channel-first (C, Y, X) images; leading axes of size 1 (OME-Zarr's t, c,
-        z) are dropped. Colour becomes grey with :func:`~nnunet_ext.dataset_conversion.bids_microscopy.
-        to_single_channel` (pixel-wise, so reading by windows changes nothing).
-    """
-
-    def __init__(self, source):
-        self.name = "array"
-        if isinstance(source, np.ndarray):
-            array, axes = source, None
-        else:
-            path = Path(source)
-            self.name = str(path)
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: slide not found")
-            array, axes = _open_array(path)
-        self.array = array
-        self.axes = _infer_axes(array.shape, axes, self.name)
-        self.shape = tuple(int(array.shape[self.axes.index(a)]) for a in "yx")
-        self.dtype = np.dtype(array.dtype)
-        if self.dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"{self.name}: pixel type {self.dtype} not supported (8- or 16-bit grey or colour)")
-
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Grey window ``[y0:y1, x0:x1]`` as uint8 or uint16."""
-        from nnunet_ext.dataset_conversion.bids_microscopy import to_single_channel
-
-        index = tuple(slice(y0, y1) if a == "y" else slice(x0, x1) if a == "x" else
-                      slice(None) if a in "cs" and size > 1 else 0 for a, size in zip(self.axes, self.array.shape))
-        window = np.asarray(self.array[index])
-        kept = [a for a, size in zip(self.axes, self.array.shape) if a in "yx" or (a in "cs" and size > 1)]
-        if len(kept) == 3:  # colour: channels last for rgb2gray
-            window = np.moveaxis(window, kept.index("c" if "c" in kept else "s"), -1)
-        return to_single_channel(window, self.name)
-
-
-def _open_array(path: Path):
-    """The full-resolution array of a Zarr/OME-Zarr store or a TIFF, and its axis names when the file says them."""
-    import zarr
-
-    axes = None
-    if path.name.lower().endswith((".tif", ".tiff")):
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            axes = tif.series[0].axes.lower()
-        node = zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r")
-    else:
-        try:
-            node = zarr.open(str(path), mode="r")
-        except Exception as error:  # zarr raises several types for "not a store"
-            raise ValueError(f"{path}: not a Zarr array or group ({error})") from None
-    if isinstance(node, zarr.Group):
-        from nnunet_ext.morphometrics.io import ome_multiscales
-
-        multiscales = ome_multiscales(node.attrs)
-        if multiscales:
-            key = multiscales[0]["datasets"][0]["path"]
-            names = multiscales[0].get("axes")
-            if names:
-                axes = "".join((a["name"] if isinstance(a, dict) else a)[0].lower() for a in names)
-        else:
-            keys = sorted(node.array_keys())
-            if not keys:
-                raise ValueError(f"{path}: Zarr group without arrays")
-            key = "0" if "0" in keys else keys[0]
-        node = node[key]
-    return node, axes
-
-
-def _infer_axes(shape, axes: str | None, name: str) -> str:
-    """Axis letters (t, c, z, y, x, s) of an array: from the file when known, else from its shape."""
-    if axes is not None and len(axes) == len(shape) and "y" in axes and "x" in axes:
-        axes = axes.replace("i", "z").replace("q", "z")
-    elif len(shape) == 2:
-        axes = "yx"
-    elif len(shape) == 3 and shape[-1] in (2, 3, 4):
-        axes = "yxs"
-    elif len(shape) >= 3 and shape[-3] in (1, 2, 3, 4):
-        axes = "z" * (len(shape) - 3) + "cyx"
-    else:
-        raise ValueError(f"{name}: cannot tell the image axes of shape {tuple(shape)}; expected (Y, X), (Y, X, RGB) "
-                         f"or (C, Y, X)")
-    for letter, size in zip(axes, shape):
-        if letter not in "yxcs" and size != 1:
-            raise ValueError(f"{name}: axis {letter!r} has {size} planes; 'segment' predicts 2D images")
-        if letter in "cs" and size not in (1, 2, 3, 4):
-            raise ValueError(f"{name}: {size} channels; expected grey, grey+alpha, RGB or RGBA")
-    if "c" in axes and "s" in axes:
-        raise ValueError(f"{name}: both channel and sample axes in {tuple(shape)}")
-    return axes
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_source(key: str) -> SlideSource:
-    return SlideSource(key)
-
-
-def open_slide(source) -> SlideSource:
-    """A :class:`SlideSource`, opened once per process for paths (Dask tasks call this for every block)."""
-    if isinstance(source, SlideSource):
-        return source
-    if isinstance(source, np.ndarray):
-        return SlideSource(source)
-    return _cached_source(str(Path(source).resolve()))
-
-
-# ----------------------------------------------------------------------------------------------- planning blocks
-def block_grid(shape: Sequence[int], block_size: int) -> list[tuple[int, int, int, int]]:
-    """Block cores ``(y0, y1, x0, x1)`` tiling ``shape``, row by row."""
-    height, width = shape
-    return [(y, min(y + block_size, height), x, min(x + block_size, width))
-            for y in range(0, height, block_size) for x in range(0, width, block_size)]
-
-
-def axis_tiles(extent: int, patch: int, step_size: float) -> list[int]:
-    """Tile starts along one axis of the cropped slide, as nnU-Net's sliding window places them (after padding an
-    axis shorter than the patch to the patch)."""
-    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
-
-    return compute_steps_for_sliding_window((max(extent, patch),), (patch,), step_size)[0]
-
-
-def axis_window(core: tuple[int, int], box: tuple[int, int], tiles: Sequence[int], patch: int):
-    """Window to read for one block along one axis, and the tiles to run in it.
-
-    Parameters
-    ----------
-    core : (int, int)
-        The block's core in slide coordinates.
-    box : (int, int)
-        The nonzero bounding box of the slide along this axis (nnU-Net predicts inside it only).
-    tiles : sequence of int
-        Tile starts of the whole cropped slide (:func:`axis_tiles`).
-
-    Returns
-    -------
-    None when the core misses the box, else ``(window, starts, inner)``: the window in slide coordinates, the
-    tile starts relative to the window, and the part of the core inside the box relative to the window.
-    """
-    low, high = max(core[0], box[0]), min(core[1], box[1])
-    if low >= high:
-        return None
-    extent = box[1] - box[0]
-    if extent <= patch:  # nnU-Net pads this axis to one patch: read all of it, one tile
-        return (box[0], box[1]), [0], (low - box[0], high - box[0])
-    local_low, local_high = low - box[0], high - box[0]
-    covering = [s for s in tiles if s < local_high and s + patch > local_low]
-    start, stop = covering[0], covering[-1] + patch
-    return (box[0] + start, box[0] + stop), [s - start for s in covering], (local_low - start, local_high - start)
-
-
-# -------------------------------------------------------------------------------------------------- normalising
-@dataclass
-class SlideStatistics:
-    """What nnU-Net's preprocessing needs from the whole slide: grey-value statistics and the nonzero box."""
-
-    pixels: int
-    mean: float
-    std: float
-    minimum: float
-    maximum: float
-    nonzero_box: list[list[int]] | None  # [[y0, y1], [x0, x1]], None for an all-zero slide
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-def block_statistics(source, core) -> dict:
-    """Exact integer moments of one block core (pixels, zeros, sum, sum of squares, smallest nonzero and largest
-    value) and the bounding box of its nonzero pixels in slide coordinates: a few numbers per block, whatever the
-    slide's size."""
-    slide = open_slide(source)
-    y0, y1, x0, x1 = core
-    window = slide.read(y0, y1, x0, x1)
-    # a histogram of the 8- or 16-bit grey values gives every moment exactly, without int64 copies of the block
-    counts = np.bincount(window.ravel(), minlength=2)
-    present = np.flatnonzero(counts)
-    grey = np.arange(counts.size, dtype=object)  # Python integers: sums of squares cannot overflow
-    rows, cols = np.flatnonzero(window.any(axis=1)), np.flatnonzero(window.any(axis=0))
-    box = None if rows.size == 0 else [y0 + int(rows[0]), y0 + int(rows[-1]) + 1, x0 + int(cols[0]),
-                                       x0 + int(cols[-1]) + 1]
-    nonzero_values = present[present > 0]
-    return {"pixels": int(window.size), "zeros": int(counts[0]),
-            "sum": int((counts[present].astype(object) * grey[present]).sum()),
-            "squares": int((counts[present].astype(object) * grey[present] ** 2).sum()),
-            "min_nonzero": int(nonzero_values[0]) if nonzero_values.size else None,
-            "max": int(present[-1]) if present.size else 0, "box": box}
-
-
-def combine_statistics(parts, shape: Sequence[int]) -> SlideStatistics:
-    """Statistics of the slide cropped to its nonzero box, as nnU-Net normalises after cropping, from
-    :func:`block_statistics` results of blocks tiling a slide of ``shape``. Exact: integer sums, then one rounding.
-    """
-    parts = list(parts)
-    boxes = [p["box"] for p in parts if p["box"] is not None]
-    if not boxes:  # an all-zero slide: nothing to normalise, nothing to predict
-        return SlideStatistics(pixels=0, mean=0.0, std=0.0, minimum=0.0, maximum=0.0, nonzero_box=None)
-    box = [min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes)]
-    pixels = (box[1] - box[0]) * (box[3] - box[2])
-    # every pixel outside the nonzero box is 0: zeros inside it are the zeros counted minus those outside
-    zeros_inside = sum(p["zeros"] for p in parts) - (int(shape[0]) * int(shape[1]) - pixels)
-    total, squares = sum(p["sum"] for p in parts), sum(p["squares"] for p in parts)
-    mean = Fraction(total, pixels)
-    variance = Fraction(squares, pixels) - mean * mean
-    minimum = 0 if zeros_inside > 0 else min(p["min_nonzero"] for p in parts if p["min_nonzero"] is not None)
-    return SlideStatistics(pixels=pixels, mean=float(mean), std=math.sqrt(float(variance)), minimum=float(minimum),
-                           maximum=float(max(p["max"] for p in parts)),
-                           nonzero_box=[[box[0], box[1]], [box[2], box[3]]])
-
-
-def check_slide_preprocessing(predictor, name: str = "slide") -> tuple[str, bool]:
-    """The model's normalisation scheme, after checking that block-wise prediction can reproduce nnU-Net's
-    preprocessing for it (no resampling, no transposition, no normalisation inside a hole-filled mask)."""
-    configuration = predictor.configuration_manager
-    if [float(s) for s in configuration.spacing] != [1.0, 1.0]:
-        raise ValueError(f"{name}: the model resamples images to spacing {configuration.spacing}; block-wise slide "
-                         f"prediction supports models trained on 2D images at their own pixel size (spacing 1, 1, "
-                         f"as nnU-Net's NaturalImage2DIO gives)")
-    if list(predictor.plans_manager.transpose_forward) != [0, 1, 2]:
-        raise ValueError(f"{name}: the model's plans transpose axes {predictor.plans_manager.transpose_forward}; "
-                         f"not supported for slides")
-    scheme = configuration.normalization_schemes[0]
-    use_mask = bool(configuration.use_mask_for_norm[0])
-    supported = ("ZScoreNormalization", "RescaleTo01Normalization", "CTNormalization", "NoNormalization",
-                 "RGBTo01Normalization")
-    if scheme not in supported:
-        raise ValueError(f"{name}: normalisation {scheme} is not supported for slides ({', '.join(supported)})")
-    if use_mask and scheme == "ZScoreNormalization":
-        raise ValueError(f"{name}: the model normalises inside the hole-filled nonzero mask (use_mask_for_norm), "
-                         f"which cannot be computed block by block")
-    return scheme, use_mask
-
-
-def normalize_block(window: np.ndarray, predictor, statistics: SlideStatistics) -> np.ndarray:
-    """nnU-Net's normalisation of one window, with the whole slide's statistics where the scheme needs them.
-
-    The arithmetic is nnU-Net's (float32, same operations in the same order), so windows normalise exactly as the
-    slide would in one piece.
-    """
-    configuration = predictor.configuration_manager
-    scheme = configuration.normalization_schemes[0]
-    image = window.astype(np.float32)
-    if scheme == "ZScoreNormalization":
-        mean, std = np.float32(statistics.mean), np.float32(statistics.std)
-        image -= mean
-        image /= max(std, 1e-8)
-    elif scheme == "RescaleTo01Normalization":
-        image -= np.float32(statistics.minimum)
-        image /= np.clip(np.float32(statistics.maximum) - np.float32(statistics.minimum), a_min=1e-8, a_max=None)
-    else:  # pixel-wise schemes: nnU-Net's own classes
-        from nnunetv2.preprocessing.normalization import default_normalization_schemes as schemes
-
-        normalizer = getattr(schemes, scheme)(
-            use_mask_for_norm=bool(configuration.use_mask_for_norm[0]),
-            intensityproperties=predictor.plans_manager.foreground_intensity_properties_per_channel["0"])
-        image = normalizer.run(image, None)
-    return image
 
 
 # --------------------------------------------------------------------------------------------------- predicting
@@ -434,43 +171,6 @@ class SlideResult:
         return self.shape[0] * self.shape[1] * done / 1e6 / max(self.seconds, 1e-9)
 
 
-def _run_tasks(function, argument_lists, client=None, workers: int = 2, progress: bool = True,
-               description: str = "blocks", initial: int = 0, total: int | None = None) -> list:
-    """Run ``function(*args)`` for each argument list as Dask tasks, with a progress bar; results in order.
-
-    Without ``client``: Dask's threaded scheduler with ``workers`` threads. With a ``distributed.Client``: futures
-    on its cluster; on the first failure the rest are cancelled and the error is raised.
-    """
-    from tqdm import tqdm
-
-    with tqdm(total=total or len(argument_lists), initial=initial, desc=description, unit="block",
-              disable=not progress) as bar:
-        if client is None:
-            import dask
-            from dask.callbacks import Callback
-
-            class _Progress(Callback):
-                def _posttask(self, key, result, dsk, state, worker_id):
-                    bar.update(1)
-
-            tasks = [dask.delayed(function, pure=False)(*args) for args in argument_lists]
-            with _Progress():
-                return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
-        from distributed import as_completed
-
-        futures = [client.submit(function, *args, pure=False) for args in argument_lists]
-        position = {future.key: i for i, future in enumerate(futures)}
-        results = [None] * len(futures)
-        try:
-            for future in as_completed(futures):
-                results[position[future.key]] = future.result()
-                bar.update(1)
-        except BaseException:
-            client.cancel(futures)
-            raise
-        return results
-
-
 def _fingerprint(info: dict, source_name: str, shape, block_size: int, save_probabilities: bool) -> dict:
     return {"model_folder": info["model_folder"], "folds": info["folds"], "checkpoint": info["checkpoint"],
             "checkpoint_files": info["checkpoint_files"], "tile_step_size": info["tile_step_size"],
@@ -548,7 +248,7 @@ def segment_slide(source, output: str | os.PathLike, spec: ModelSpec, block_size
             task_source = source
             if client is not None and isinstance(source, np.ndarray):
                 task_source = client.scatter(source, broadcast=True)  # a slide in memory goes to every worker once
-            run = functools.partial(_run_tasks, client=client, workers=workers or 2, progress=progress)
+            run = functools.partial(run_block_tasks, client=client, workers=workers or 2, progress=progress)
             statistics_started = time.perf_counter()
             if partial.exists():
                 statistics = _resume_statistics(partial, fingerprint)
@@ -593,21 +293,16 @@ def segment_slide(source, output: str | os.PathLike, spec: ModelSpec, block_size
 
 @contextlib.contextmanager
 def _dask_client(scheduler):
-    """None for Dask's local threads; the given ``distributed.Client``; or a client of the scheduler at an address
-    (closed afterwards)."""
-    if scheduler is None:
-        yield None
-        return
-    from distributed import Client, LocalCluster
+    """:func:`~nnunet_ext.io.slides.dask_client`, plus ``"local-gpus"``: a local cluster of one worker process per
+    CUDA device."""
+    if scheduler == LOCAL_GPU_CLUSTER:  # workers are named 0..N-1: worker N loads the model on GPU N
+        from distributed import Client, LocalCluster
 
-    if isinstance(scheduler, Client):
-        yield scheduler
-    elif scheduler == LOCAL_GPU_CLUSTER:  # workers are named 0..N-1: worker N loads the model on GPU N
         with LocalCluster(n_workers=_cuda_devices(), threads_per_worker=1, processes=True,
                           dashboard_address=None) as cluster, Client(cluster) as client:
             yield client
     else:
-        with Client(scheduler) as client:
+        with dask_client(scheduler) as client:
             yield client
 
 
@@ -666,18 +361,6 @@ def _replace(partial: Path, output: Path) -> None:
     os.replace(partial, output)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
-
-
-def read_labels(path: str | os.PathLike) -> "zarr.Array":  # noqa: F821
-    """The label array of a finished ``segment`` output (refuses unfinished ones)."""
-    import zarr
-
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"{path}: segmentation output not found")
-    group = zarr.open_group(str(path), mode="r")
-    if not group.attrs.get(METADATA_KEY, {}).get("complete"):
-        raise ValueError(f"{path}: not a finished nnunet-ext segmentation")
-    return group["labels"]
 
 
 def save_overview_png(path: str | os.PathLike, labels, myelin_value: int, axon_value: int,

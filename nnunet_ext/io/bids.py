@@ -1,0 +1,166 @@
+"""BIDS microscopy datasets and AxonDeepSeg's file conventions.
+
+AxonDeepSeg lays data out as BIDS microscopy: ``sub-*/micr/<stem>_<MOD>.png`` with JSON sidecars (``PixelSize``,
+``PixelSizeUnits``; BIDS inheritance: the most specific applicable sidecar wins) and manual labels in
+``derivatives/labels/sub-*/micr/<stem>_seg-{axon,myelin,axonmyelin}-manual.png``. Its masks are 8-bit: axon and
+myelin masks 0/255, the combined axonmyelin mask 0 background, 127 myelin, 255 axon. nnU-Net labels are 0 background,
+1 myelin, 2 axon.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_ext.io.images import read_image_2d, strip_extension
+from nnunet_ext.io.pixel_size import pixel_size_from_sidecar
+
+#: Image files of a BIDS microscopy dataset.
+BIDS_IMAGE_EXTENSIONS = (".png", ".tif", ".tiff")
+#: AxonDeepSeg's axonmyelin mask value -> nnU-Net label.
+ADS_AXONMYELIN_VALUES = {0: 0, 127: 1, 255: 2}
+ADS_MYELIN_VALUE, ADS_AXON_VALUE = 127, 255
+#: Foreground value of AxonDeepSeg's separate axon and myelin masks.
+ADS_MASK_VALUE = 255
+#: Suffixes of AxonDeepSeg's mask files (``<stem><suffix>.png``).
+ADS_MASK_SUFFIXES = ("_seg-axon", "_seg-myelin", "_seg-axonmyelin")
+
+
+def is_bids_dataset(folder: str | os.PathLike) -> bool:
+    """True for a BIDS dataset root: a folder with ``dataset_description.json`` and ``sub-*`` entries."""
+    folder = Path(folder)
+    return folder.is_dir() and (folder / "dataset_description.json").is_file() and any(folder.glob("sub-*"))
+
+
+def labels_from_axonmyelin(mask: np.ndarray) -> np.ndarray:
+    """nnU-Net labels (0/1/2) from an AxonDeepSeg axonmyelin mask holding exactly 0, 127 and 255."""
+    return np.select([mask == ADS_AXON_VALUE, mask == ADS_MYELIN_VALUE], [2, 1], 0).astype(np.uint8)
+
+
+def ads_masks_from_labels(axon: np.ndarray, myelin: np.ndarray) -> dict[str, np.ndarray]:
+    """AxonDeepSeg's three 8-bit masks from boolean axon and myelin masks, keyed by their file suffix."""
+    combined = np.zeros(axon.shape, np.uint8)
+    combined[myelin] = ADS_MYELIN_VALUE
+    combined[axon] = ADS_AXON_VALUE
+    return {"_seg-axon": axon.astype(np.uint8) * ADS_MASK_VALUE, "_seg-myelin": myelin.astype(np.uint8) * ADS_MASK_VALUE,
+            "_seg-axonmyelin": combined}
+
+
+@dataclass
+class BidsMicroscopyImage:
+    """One image of a BIDS microscopy dataset, with what the converter needs to know about it."""
+
+    path: Path
+    subject: str
+    entities: dict
+    modality: str
+    pixel_size_um: float | None
+    label_files: dict = field(default_factory=dict)  # "axonmyelin" | "axon" | "myelin" -> Path
+
+    @property
+    def stem(self) -> str:
+        return strip_extension(self.path.name)
+
+    @property
+    def sample(self) -> str:
+        return self.entities.get("sample", "")
+
+    @property
+    def has_label(self) -> bool:
+        return "axonmyelin" in self.label_files or {"axon", "myelin"} <= set(self.label_files)
+
+    @property
+    def used_label_files(self) -> list[Path]:
+        """The mask file(s) the label is read from: the axonmyelin mask if present, else the axon and myelin masks."""
+        if "axonmyelin" in self.label_files:
+            return [self.label_files["axonmyelin"]]
+        return [self.label_files[k] for k in ("axon", "myelin") if k in self.label_files]
+
+
+def parse_bids_name(name: str) -> tuple[dict, str]:
+    """Entities and suffix of a BIDS file name: ``sub-rat3_sample-data9_SEM.png`` -> ({sub, sample}, "SEM")."""
+    parts = strip_extension(name).split("_")
+    entities = {}
+    for part in parts[:-1]:
+        key, sep, value = part.partition("-")
+        if not sep:
+            raise ValueError(f"{name}: '{part}' is not a BIDS key-value entity")
+        entities[key] = value
+    return entities, parts[-1]
+
+
+def find_sidecar(image: Path, bids_root: Path) -> Path | None:
+    """The most specific JSON sidecar that applies to ``image`` under BIDS inheritance, or None."""
+    entities, suffix = parse_bids_name(image.name)
+    folders = [image.parent]
+    while folders[-1] != bids_root and bids_root in folders[-1].parents:
+        folders.append(folders[-1].parent)
+    best, best_rank = None, None
+    for depth, folder in enumerate(folders):
+        for candidate in folder.glob(f"*{suffix}.json"):
+            try:
+                cand_entities, cand_suffix = parse_bids_name(candidate.name)
+            except ValueError:
+                continue
+            if cand_suffix != suffix or any(entities.get(k) != v for k, v in cand_entities.items()):
+                continue
+            rank = (-depth, len(cand_entities))  # nearer folder first, then more entities
+            if best_rank is None or rank > best_rank:
+                best, best_rank = candidate, rank
+    return best
+
+
+def find_bids_images(bids_root: str | os.PathLike, label_suffix: str = "manual") -> list[BidsMicroscopyImage]:
+    """All microscopy images of a BIDS dataset with their pixel sizes and label files.
+
+    Parameters
+    ----------
+    bids_root : path
+        Root of the BIDS dataset (holds ``sub-*`` folders).
+    label_suffix : str
+        Which label derivatives to use: ``<stem>_seg-<class>-<label_suffix>.png``.
+    """
+    root = Path(bids_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: BIDS dataset folder not found")
+    images = []
+    for path in sorted(root.glob("sub-*/**/micr/*")):
+        if path.suffix.lower() not in BIDS_IMAGE_EXTENSIONS or "derivatives" in path.relative_to(root).parts:
+            continue
+        entities, suffix = parse_bids_name(path.name)
+        sidecar = find_sidecar(path, root)
+        image = BidsMicroscopyImage(path, entities.get("sub", ""), entities, suffix,
+                                    pixel_size_from_sidecar(sidecar) if sidecar else None)
+        label_dir = root / "derivatives" / "labels" / path.parent.relative_to(root)
+        for kind in ("axonmyelin", "axon", "myelin"):
+            label = label_dir / f"{image.stem}_seg-{kind}-{label_suffix}.png"
+            if label.is_file():
+                image.label_files[kind] = label
+        if image.label_files and not image.has_label:
+            only = next(iter(image.label_files.values()))
+            other = "myelin" if "axon" in image.label_files else "axon"
+            raise ValueError(f"{only}: found without its _seg-{other}-{label_suffix}.png (or an _seg-axonmyelin-"
+                             f"{label_suffix}.png); a label needs both axon and myelin masks")
+        images.append(image)
+    if not images:
+        raise FileNotFoundError(f"{root}: no microscopy images found under sub-*/micr/ "
+                                f"(extensions {', '.join(BIDS_IMAGE_EXTENSIONS)})")
+    return images
+
+
+def read_label_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a label image (nnU-Net prediction: 0 background, 1 myelin, 2 axon) as an integer array.
+
+    An AxonDeepSeg ``*_seg-axonmyelin*.png`` (0 background, 127 myelin, 255 axon) is converted to 0/1/2.
+    """
+    array = read_image_2d(path)
+    if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
+        if np.any(array != np.round(array)):
+            raise ValueError(f"{path}: label image holds non-integer values")
+        array = array.astype(np.int64)
+    values = np.unique(array)
+    if set(values.tolist()) <= set(ADS_AXONMYELIN_VALUES) and values.max(initial=0) > 2:
+        return labels_from_axonmyelin(array)
+    return array
