@@ -12,6 +12,7 @@ import pytest
 from skimage import io
 
 from nnunet_ext.cli import main
+from nnunet_ext.evaluation import folder_evaluation as fe
 from nnunet_ext.evaluation import segmentation_metrics as sm
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -142,7 +143,7 @@ def test_evaluate_folder_agrees_with_nnunet_compute_metrics(tmp_path):
     from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 
     pred, gt = make_png_folders(tmp_path)
-    table = sm.evaluate_folder(pred, gt, labels=[1, 2], spacing=0.1, progress=False)
+    table = fe.evaluate_folder(pred, gt, labels=[1, 2], spacing=0.1, progress=False)
     assert len(table) == 6 and list(table["case"].unique()) == ["case_000", "case_001", "case_002"]
     for case in ("case_000", "case_001", "case_002"):
         expected = compute_metrics(str(gt / f"{case}.png"), str(pred / f"{case}.png"), NaturalImage2DIO(), [1, 2])
@@ -157,7 +158,7 @@ def test_evaluate_folder_agrees_with_nnunet_compute_metrics(tmp_path):
     no_axon = table[(table["case"] == "case_002") & (table["label"] == "2")].iloc[0]
     assert np.isnan(no_axon["Dice"]) and np.isnan(no_axon["HD95_px"])
 
-    summary = sm.per_class_means(table)
+    summary = fe.per_class_means(table)
     assert list(summary["label"]) == ["1", "2", "mean"]
     axon = table[table["label"] == "2"]
     assert summary.loc[1, "Dice"] == pytest.approx(axon["Dice"].iloc[:2].mean())  # NaN case left out
@@ -165,16 +166,16 @@ def test_evaluate_folder_agrees_with_nnunet_compute_metrics(tmp_path):
     tp, fp, fn = axon["TP"].sum(), axon["FP"].sum(), axon["FN"].sum()
     assert summary.loc[1, "IoU_pooled"] == pytest.approx(tp / (tp + fp + fn))
     assert summary.loc[2, "IoU"] == pytest.approx(summary.loc[:1, "IoU"].mean())
-    assert sm.mean_iou(table) == pytest.approx(summary.loc[2, "IoU"])
+    assert fe.mean_iou(table) == pytest.approx(summary.loc[2, "IoU"])
     np.testing.assert_allclose(table["HD95_um"], table["HD95_px"] * 0.1, equal_nan=True)
 
-    dice = sm.dice_scores_on_folder(pred, gt, [1, 2], class_names={1: "myelin", 2: "axon"})
+    dice = fe.dice_scores_on_folder(pred, gt, [1, 2], class_names={1: "myelin", 2: "axon"})
     assert dice == pytest.approx({"myelin": summary.loc[0, "Dice"], "axon": summary.loc[1, "Dice"]})
 
 
 def test_labels_found_in_files_fill_absent_classes(tmp_path):
     pred, gt = make_png_folders(tmp_path)
-    table = sm.evaluate_folder(pred, gt, progress=False)  # no labels, no dataset.json
+    table = fe.evaluate_folder(pred, gt, progress=False)  # no labels, no dataset.json
     assert sorted(table["label"].unique()) == ["1", "2"]
     assert len(table) == 6
     filled = table[(table["case"] == "case_002") & (table["label"] == "2")].iloc[0]
@@ -190,7 +191,7 @@ def test_dataset_json_in_prediction_folder_gives_labels_names_and_ignore(tmp_pat
     (pred / "dataset.json").write_text(json.dumps({
         "labels": {"background": 0, "myelin": 1, "axon": 2, "ignore": 3}, "file_ending": ".png",
         "channel_names": {"0": "rescale_to_0_1"}, "numTraining": 3}))
-    table = sm.evaluate_folder(pred, gt, progress=False)
+    table = fe.evaluate_folder(pred, gt, progress=False)
     assert list(table["class_name"].unique()) == ["myelin", "axon"]
     row = table[(table["case"] == "case_000") & (table["label"] == "1")].iloc[0]
     prediction = io.imread(pred / "case_000.png")
@@ -212,7 +213,7 @@ def test_3d_nifti_spacing_from_files(tmp_path):
         image = sitk.GetImageFromArray(array)
         image.SetSpacing((0.5, 1.0, 2.0))  # x, y, z; numpy axes are z, y, x
         sitk.WriteImage(image, str(folder / "vol_001.nii.gz"))
-    table = sm.evaluate_folder(pred, gt, labels=[1], spacing="from_files", progress=False)
+    table = fe.evaluate_folder(pred, gt, labels=[1], spacing="from_files", progress=False)
     row = table.iloc[0]
     assert row["spacing"] == "2 1 0.5"
     assert row["HD95_um"] == pytest.approx(independent_hd95(prediction == 1, reference == 1, (2.0, 1.0, 0.5)),
@@ -223,7 +224,7 @@ def test_3d_nifti_spacing_from_files(tmp_path):
 def test_per_case_pixel_sizes(tmp_path):
     pred, gt = make_png_folders(tmp_path)
     sizes = {"case_000": 0.1, "case_001": 0.2, "case_002": 0.5}
-    table = sm.evaluate_folder(pred, gt, labels=[1], spacing=sizes, progress=False)
+    table = fe.evaluate_folder(pred, gt, labels=[1], spacing=sizes, progress=False)
     for case, size in sizes.items():
         row = table[table["case"] == case].iloc[0]
         assert row["HD95_um"] == pytest.approx(row["HD95_px"] * size)
@@ -233,18 +234,18 @@ def test_folder_errors_name_the_files(tmp_path):
     pred, gt = make_png_folders(tmp_path)
     (pred / "case_001.png").unlink()
     with pytest.raises(ValueError, match="case_001"):
-        sm.evaluate_folder(pred, gt, labels=[1], progress=False)
-    assert len(sm.evaluate_folder(pred, gt, labels=[1], allow_missing=True, progress=False)) == 2
+        fe.evaluate_folder(pred, gt, labels=[1], progress=False)
+    assert len(fe.evaluate_folder(pred, gt, labels=[1], allow_missing=True, progress=False)) == 2
     write_png(pred / "extra.png", np.zeros((40, 48)))
     with pytest.raises(ValueError, match="extra"):
-        sm.evaluate_folder(pred, gt, labels=[1], allow_missing=True, progress=False)
+        fe.evaluate_folder(pred, gt, labels=[1], allow_missing=True, progress=False)
     (pred / "extra.png").unlink()
     write_png(pred / "case_000.png", np.zeros((40, 40)))
     with pytest.raises(ValueError, match=r"case_000\.png.*shape"):
-        sm.evaluate_folder(pred, gt, labels=[1], allow_missing=True, progress=False)
+        fe.evaluate_folder(pred, gt, labels=[1], allow_missing=True, progress=False)
     write_png(pred / "case_000.png", np.zeros((40, 48)))
     with pytest.raises(ValueError, match="no pixel size"):
-        sm.evaluate_folder(pred, gt, labels=[1], spacing="from_files", allow_missing=True, progress=False)
+        fe.evaluate_folder(pred, gt, labels=[1], spacing="from_files", allow_missing=True, progress=False)
 
 
 # --------------------------------------------------------------------------- real data

@@ -21,7 +21,6 @@ x0:x1]``) and saves it in that folder under the same name, which then serves as 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -29,6 +28,7 @@ from typing import Mapping
 import numpy as np
 from tqdm import tqdm
 
+from nnunet_ext.io.atomic import atomic_output_path
 from nnunet_ext.dataset_conversion.nnunet_raw import NnUNetRawWriter, add_destination_arguments, raw_root_from_args
 
 MTNEURO_IMAGE_URI = "bossdb://prasad/prasad2020/image"
@@ -100,15 +100,8 @@ def download_cutout(uri: str, z_range: tuple[int, int], y_range: tuple[int, int]
         if data.size and (data.min() < info.min or data.max() > info.max):
             raise ValueError(f"{uri}: values {data.min()}..{data.max()} do not fit {np.dtype(dtype).name}")
         data = data.astype(dtype)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".npy")
-    os.close(handle)
-    try:
+    with atomic_output_path(destination) as temporary:
         np.save(temporary, data)
-        os.replace(temporary, destination)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return destination
 
 

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
+from nnunet_ext.io.atomic import STAGING_MARK, remove_stale_staging, replace_folder, write_text_atomically
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -189,7 +191,9 @@ class NnUNetRawWriter:
         self._image_ndim: int | None = None
         self._check_destination()
         self.raw_root.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder_name}.incomplete-", dir=self.raw_root))
+        remove_stale_staging(self.destination)  # hidden folders of killed conversions
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder_name}{STAGING_MARK}{os.getpid()}-",
+                                          dir=self.raw_root))
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
             (self._tmp / sub).mkdir()
 
@@ -521,16 +525,10 @@ class NnUNetRawWriter:
         except BaseException:
             self.abort()
             raise
-        if self.destination.exists():
-            old = self.raw_root / f".{self.folder_name}.replaced-{os.getpid()}"
-            os.replace(self.destination, old)
-            os.replace(self._tmp, self.destination)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self._tmp, self.destination)
+        replace_folder(self._tmp, self.destination)
         if splits_target is not None:
             splits_target.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(splits_target, json.dumps(splits, indent=2))
+            write_text_atomically(splits_target, json.dumps(splits, indent=2))
         return self.destination
 
     def _verify_with_nnunet(self, num_processes: int) -> None:
@@ -561,17 +559,6 @@ def _distinct_values(label: np.ndarray) -> np.ndarray:
 
 def _strip(name: str, ending: str) -> str:
     return name[: -len(ending)] if name.endswith(ending) else name
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def add_destination_arguments(parser) -> None:

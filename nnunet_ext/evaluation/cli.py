@@ -125,6 +125,8 @@ def read_pixel_size_table(path: Path) -> dict:
 
 
 def _run_evaluate(args) -> int:
+    from nnunet_ext.evaluation import folder_evaluation as fe
+    from nnunet_ext.io.atomic import write_csv_atomically
     from nnunet_ext.evaluation import segmentation_metrics as sm
 
     labels, names = None, {}
@@ -153,15 +155,15 @@ def _run_evaluate(args) -> int:
         if path.exists() and not args.overwrite:
             raise FileExistsError(f"{path} exists; use --overwrite to replace it")
 
-    per_case = sm.evaluate_folder(
+    per_case = fe.evaluate_folder(
         args.prediction_dir, args.reference_dir, labels=labels, spacing=spacing, dataset_json=args.dataset_json,
         ignore_label=args.ignore_label, class_names=names, allow_missing=args.allow_missing,
         num_processes=args.num_processes,
     )
-    summary = sm.per_class_means(per_case)
-    sm.write_csv_atomically(sm.metrics_table_for_csv(per_case, summary), output, overwrite=args.overwrite)
+    summary = fe.per_class_means(per_case)
+    write_csv_atomically(fe.metrics_table_for_csv(per_case, summary), output, overwrite=args.overwrite)
     if not args.no_plot:
-        sm.plot_metrics(per_case, plot_path, overwrite=args.overwrite)
+        fe.plot_metrics(per_case, plot_path, overwrite=args.overwrite)
 
     shown = summary[["class_name", "Dice", "IoU", "precision", "recall", "HD95_px", "HD95_um", "n_cases_defined"]]
     print(f"{per_case['case'].nunique()} cases, {len(summary) - 1} classes")
@@ -173,7 +175,7 @@ def _run_evaluate(args) -> int:
 
 def _run_tracing_metrics(args) -> int:
     from nnunet_ext.evaluation import tracing_metrics as tm
-    from nnunet_ext.evaluation.segmentation_metrics import write_csv_atomically
+    from nnunet_ext.io.atomic import write_csv_atomically
 
     spacing = None
     if args.spacing is not None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from nnunet_ext.io.atomic import atomic_output_path
 
 SWC_COLUMNS = ("id", "type", "x", "y", "z", "radius", "parent")
 _FIELD_SEPARATOR = re.compile(r"[\s,]+")
@@ -202,12 +203,6 @@ def write_swc(tree: SWCTree, path: str | os.PathLike, overwrite: bool = False, c
         tree.ids, tree.types, tree.coordinates, tree.radii, tree.parent_ids
     ):
         lines.append(f"{node_id} {node_type} {x:.6f} {y:.6f} {z:.6f} {radius:.6f} {parent}")
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write("\n".join(lines) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_output_path(path) as temporary:
+        temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

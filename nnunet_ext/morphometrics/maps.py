@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nnunet_ext.morphometrics.aggregate_metrics import aggregate_from_counts
+from nnunet_ext.io.atomic import save_figure
 from nnunet_ext.io.pixel_size import check_pixel_size
+from nnunet_ext.morphometrics.aggregate_metrics import aggregate_from_counts
 from nnunet_ext.morphometrics.axon import as_binary_mask, axon_morphometrics, prepare_masks
 
 # Metrics drawn as heat maps by default, with their colour-bar labels.
@@ -148,7 +149,5 @@ def save_map_pngs(tiles: pd.DataFrame, out_prefix: str | os.PathLike, pixel_size
         axes.set_title(f"{title}: {label}" if title else label, fontsize=10)
         safe = column.split(" ")[0]
         path = Path(f"{out_prefix}_map-{safe}.png")
-        figure.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(figure)
-        paths.append(path)
+        paths.append(save_figure(figure, path, dpi=100, bbox_inches="tight"))
     return paths
