@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from nnunet_ext.dataset_conversion.nnunet_raw import (NnUNetRawWriter, dataset_folder_name, read_manifest,
-                                                      raw_root_from_args)
+from nnunet_ext.dataset_conversion.nnunet_raw import (NnUNetRawWriter, add_destination_arguments, dataset_folder_name,
+                                                      raw_root_from_args, read_manifest)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -374,8 +374,6 @@ def register_cli(subparsers) -> None:
                     "splits_final.json whose every fold validates on every source, never splitting a subject "
                     "between training and validation.")
     parser.add_argument("sources", nargs="+", help="datasets to merge: folders, DatasetXXX_Name or IDs in --raw")
-    from nnunet_ext.dataset_conversion.nnunet_raw import add_destination_arguments
-
     add_destination_arguments(parser)
     parser.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from nnunet_ext.dataset_conversion.nnunet_raw import (AXON_MYELIN_LABELS, NnUNetRawWriter, add_destination_arguments,
                                                       raw_root_from_args)
+from nnunet_ext.io.images import to_single_channel
 
 DEFAULT_REGION_SPLITS = {"genu": "train", "body": "validation", "splenium": "test"}  # Cheng et al. 2023, sec. 4
 DEFAULT_AXON_CLASS_ID = 2
@@ -339,8 +340,6 @@ def convert_axoncallosum(raw_root: str | os.PathLike, dataset_id: int, dataset_n
                 contacts += _contact_counts(label)
                 image = lazy(region.image_file).read(y0, y1, x0, x1)
                 if image.ndim == 3:
-                    from nnunet_ext.io.images import to_single_channel
-
                     image = to_single_channel(image, region.image_file)
                 writer.add_case(_downsample_image(image, factor), label, split=region.split,
                                 source_files=[region.image_file, region.label_file], subject="AxonCallosumEM",

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 
 from nnunet_ext.io.atomic import STAGING_MARK, remove_stale_staging, replace_folder, write_text_atomically
+from nnunet_ext import __version__
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -507,8 +508,6 @@ class NnUNetRawWriter:
                 splits_target = preprocessed_splits_path(self.preprocessed_root, self.folder_name)
                 if splits_target.is_file() and not self.overwrite and json.loads(splits_target.read_text()) != splits:
                     raise FileExistsError(f"{splits_target} exists with other folds; pass --overwrite to replace it")
-            from nnunet_ext import __version__
-
             extra = {"description": "written by nnunet-ext", "license": "see the source dataset",
                      "converted_by": f"nnunet-ext {__version__}", **self.dataset_json_extra}
             if self.file_ending == ".tif":  # nnU-Net would otherwise try its 2D reader on .tif first

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_ext.io.atomic import atomic_output_path
+
 #: Microscopy image files (what is segmented and converted).
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 #: Label maps and masks (what is measured and evaluated).
@@ -202,8 +204,6 @@ def read_label_volume(path: str | os.PathLike) -> np.ndarray:
 def write_png(path: str | os.PathLike, array: np.ndarray, overwrite: bool = True) -> Path:
     """Write a 2D uint8/uint16 (or bool, as 0/255) array as PNG through a temporary file, then rename."""
     from PIL import Image
-
-    from nnunet_ext.io.atomic import atomic_output_path
 
     array = np.asarray(array)
     if array.dtype == np.bool_:

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nnunet_ext.networks.inflation import inflate_vit_state_dict
+
 SOURCES = ("auto", "sam", "timm", "dino", "mae", "beit")
 SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
@@ -151,7 +153,6 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], encoder, source: str
             origin[name] = "rel_pos_bias.relative_position_bias_table"
 
     if encoder.spatial_dims == 3:
-        from nnunet_ext.networks.inflation import inflate_vit_state_dict
         mapped, adapted = inflate_vit_state_dict(state_dict, model, inflation)
         origin.update({k: origin.get(k, k) for k in mapped})
     else:

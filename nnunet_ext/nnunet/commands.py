@@ -19,7 +19,8 @@ from typing import Sequence
 from tqdm import tqdm
 
 from nnunet_ext.nnunet.environment import nnunet_environment
-from nnunet_ext.nnunet.plans_cpu import CPU_PLANS_NAME
+from nnunet_ext.nnunet.plans_cpu import CPU_BATCH_SIZE, CPU_FEATURES_PER_STAGE, CPU_PLANS_NAME
+from nnunet_ext.nnunet.plans_cpu import write_cpu_plans
 
 
 class NnUNetCommandError(RuntimeError):
@@ -119,8 +120,8 @@ def applied_environment(env: dict):
 
 
 def plan_and_preprocess_cpu(dataset_id: int, env: dict, configuration: str = "2d",
-                            patch_size: Sequence[int] | None = None, batch_size: int = 8,
-                            features_per_stage: Sequence[int] = (16, 32, 64, 128),
+                            patch_size: Sequence[int] | None = None, batch_size: int = CPU_BATCH_SIZE,
+                            features_per_stage: Sequence[int] = CPU_FEATURES_PER_STAGE,
                             log_file: str | os.PathLike | None = None) -> str:
     """Fingerprint and plan a dataset with nnU-Net, derive the CPU plans, and preprocess that configuration.
 
@@ -129,8 +130,6 @@ def plan_and_preprocess_cpu(dataset_id: int, env: dict, configuration: str = "2d
     """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
                                                                       preprocess)
-
-    from nnunet_ext.nnunet.plans_cpu import write_cpu_plans
 
     log = open(log_file, "a") if log_file else sys.stdout
     try:

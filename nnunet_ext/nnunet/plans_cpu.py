@@ -14,6 +14,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 CPU_PLANS_NAME = "nnUNetPlans_cpu"
+#: The CPU plans' defaults, stated once: a 4-stage U-Net with these features, this batch, these patches.
+CPU_FEATURES_PER_STAGE = (16, 32, 64, 128)
+CPU_BATCH_SIZE = 8
+CPU_PATCH_SIZE_2D = (128, 128)
+CPU_PATCH_SIZE_3D = (64, 64, 64)
+
+
+def default_cpu_patch_size(configuration: str) -> tuple[int, ...]:
+    """The CPU plans' patch size for an nnU-Net configuration (``2d`` or a 3D one)."""
+    return CPU_PATCH_SIZE_2D if configuration.startswith("2d") else CPU_PATCH_SIZE_3D
 
 
 def preprocessed_dataset_folder(dataset: str | int) -> Path:
@@ -84,8 +94,8 @@ def _resolved_configuration(plans: dict, name: str) -> dict:
     return copy.deepcopy(PlansManager(plans).get_configuration(name).configuration)
 
 
-def small_unet_edit(patch_size: Sequence[int], features_per_stage: Sequence[int] = (16, 32, 64, 128),
-                    batch_size: int = 8) -> Callable[[str, dict], None]:
+def small_unet_edit(patch_size: Sequence[int], features_per_stage: Sequence[int] = CPU_FEATURES_PER_STAGE,
+                    batch_size: int = CPU_BATCH_SIZE) -> Callable[[str, dict], None]:
     """Edit for :func:`derive_plans` that makes nnU-Net's PlainConvUNet small enough for CPU training.
 
     Stages are as many as ``features_per_stage`` has entries (each halves the patch after the first), so every
@@ -114,7 +124,7 @@ def small_unet_edit(patch_size: Sequence[int], features_per_stage: Sequence[int]
 
 
 def plain_unet_plans(dataset_name: str, patch_size: Sequence[int],
-                     features_per_stage: Sequence[int] = (16, 32, 64, 128), batch_size: int = 8,
+                     features_per_stage: Sequence[int] = CPU_FEATURES_PER_STAGE, batch_size: int = CPU_BATCH_SIZE,
                      plans_name: str = "nnUNetPlans", data_identifier: str | None = None,
                      image_reader_writer: str = "SimpleITKIO",
                      intensity_properties: dict | None = None) -> tuple[dict, str]:
@@ -166,7 +176,7 @@ def plain_unet_plans(dataset_name: str, patch_size: Sequence[int],
 
 
 def write_cpu_plans(dataset: str | int, configuration: str = "2d", patch_size: Sequence[int] | None = None,
-                    features_per_stage: Sequence[int] = (16, 32, 64, 128), batch_size: int = 8,
+                    features_per_stage: Sequence[int] = CPU_FEATURES_PER_STAGE, batch_size: int = CPU_BATCH_SIZE,
                     source_plans: str = "nnUNetPlans", target_plans: str = CPU_PLANS_NAME,
                     overwrite: bool = False) -> Path:
     """Write the CPU-sized plans variant (default ``nnUNetPlans_cpu``) of one configuration.
@@ -175,7 +185,7 @@ def write_cpu_plans(dataset: str | int, configuration: str = "2d", patch_size: S
     for 2D instead of nnU-Net's ~20-30 M.
     """
     if patch_size is None:
-        patch_size = (128, 128) if configuration.startswith("2d") else (64, 64, 64)
+        patch_size = default_cpu_patch_size(configuration)
     return derive_plans(dataset, target_plans, small_unet_edit(patch_size, features_per_stage, batch_size),
                         [configuration], source_plans=source_plans, overwrite=overwrite)
 
@@ -189,9 +199,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("-d", "--dataset", required=True, help="dataset ID or name (already planned by nnU-Net)")
     parser.add_argument("-c", "--configuration", default="2d", help="configuration to derive (default: 2d)")
     parser.add_argument("--patch-size", type=int, nargs="+", help="patch size (default 128 128, or 64 64 64 in 3D)")
-    parser.add_argument("--features", type=int, nargs="+", default=[16, 32, 64, 128],
+    parser.add_argument("--features", type=int, nargs="+", default=list(CPU_FEATURES_PER_STAGE),
                         help="features per stage; also sets the number of stages (default: 16 32 64 128)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=CPU_BATCH_SIZE)
     parser.add_argument("--source-plans", default="nnUNetPlans")
     parser.add_argument("--plans-name", default=CPU_PLANS_NAME, help=f"name of the new plans ({CPU_PLANS_NAME})")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing plans file of that name")

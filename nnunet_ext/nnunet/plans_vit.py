@@ -11,6 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from nnunet_ext.networks.unetr import ViTUNETR, default_decoder_strides
+from nnunet_ext.networks.vit_encoders import backbone_config
+from nnunet_ext.nnunet.plans_cpu import derive_plans, preprocessed_dataset_folder
+
 VIT_NETWORK_CLASS = "nnunet_ext.networks.unetr.ViTUNETR"
 # EM-SAM's input is 1024 x 1024 (SAM's own); the ViT, MAE and BEiT baselines of AxonCallosumEM use 224 x 224.
 DEFAULT_2D_PATCH = {"sam": 1024, "vit": 224, "beit": 224}
@@ -33,8 +37,6 @@ def vit_architecture(input_shape: Sequence[int], backbone: str, patch_embed_size
                      drop_path_rate: float = 0.0) -> dict:
     """The plans' ``architecture`` entry for :class:`~nnunet_ext.networks.unetr.ViTUNETR` (checked by building it)."""
     import torch
-
-    from nnunet_ext.networks.unetr import ViTUNETR, default_decoder_strides
 
     dims = len(input_shape)
     patch_embed_size = [int(p) for p in (patch_embed_size or [16] * dims)]
@@ -97,9 +99,6 @@ def write_vit_plans(dataset: str | int, configuration: str = "2d", backbone: str
     Path
         The written plans file.
     """
-    from nnunet_ext.networks.vit_encoders import backbone_config
-    from nnunet_ext.nnunet.plans_cpu import derive_plans, preprocessed_dataset_folder
-
     family, _ = backbone_config(backbone, backbone_kwargs)
     source_identifiers = _source_data_identifiers(dataset, source_plans) if reuse_preprocessed else {}
 
@@ -143,8 +142,6 @@ def _source_data_identifiers(dataset: str | int, source_plans: str) -> dict[str,
 
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_ext.nnunet.plans_cpu import preprocessed_dataset_folder
-
     source_file = preprocessed_dataset_folder(dataset) / f"{source_plans}.json"
     if not source_file.is_file():  # derive_plans says what to run
         return {}
@@ -164,7 +161,6 @@ def check_vit_configuration(configuration_manager, trainer_name: str, families: 
     if arch.get("network_class_name") != VIT_NETWORK_CLASS:
         raise ValueError(f"{trainer_name} needs plans whose network is {VIT_NETWORK_CLASS}, these name "
                          f"{arch.get('network_class_name')}{hint}")
-    from nnunet_ext.networks.vit_encoders import backbone_config
     family, _ = backbone_config(kwargs.get("backbone", ""), kwargs.get("backbone_kwargs"))
     if families and family not in families:
         raise ValueError(f"{trainer_name} needs {wanted}, the plans use {kwargs.get('backbone')!r}{hint}")

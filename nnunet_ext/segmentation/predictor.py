@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from nnunet_ext import __version__
 from nnunet_ext.nnunet.environment import ext_trainer_path_value
 
 # nnU-Net's NaturalImage2DIO gives every 2D image this spacing; 2D models trained on PNGs expect it.
@@ -295,8 +296,6 @@ def model_info(predictor, spec: ModelSpec) -> ModelInfo:
     """Metadata of a loaded model for the outputs: folder, trainer, plans, configuration, folds, checkpoint,
     versions."""
     from importlib.metadata import version
-
-    from nnunet_ext import __version__
 
     model_folder, folds = resolve_model_folder(spec.model_folder, spec.folds, spec.checkpoint)
     files = {}
