@@ -17,11 +17,12 @@ COMMAND_MODULES = (
     "nnunet_ext.demo",
     "nnunet_ext.nnunet.environment",
     "nnunet_ext.dataset_conversion.cli",
-    "nnunet_ext.phantoms.generator",
+    "nnunet_ext.phantoms.cli",
     "nnunet_ext.nnunet.plans_cpu",
     "nnunet_ext.nnunet.cli",
     "nnunet_ext.segmentation.cli",
     "nnunet_ext.morphometrics.cli",
+    "nnunet_ext.report.cli",
     "nnunet_ext.evaluation.cli",
     "nnunet_ext.experiment.cli",
 )

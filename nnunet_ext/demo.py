@@ -16,6 +16,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nnunet_ext.io.atomic import save_figure
+from nnunet_ext.nnunet.plans_cpu import CPU_BATCH_SIZE, CPU_FEATURES_PER_STAGE
+
 DEMO_MARKER = ".nnunet_ext_demo"
 DEMO_DATASET_ID = 900
 DEMO_DATASET_NAME = "DemoPhantoms"
@@ -35,8 +38,8 @@ class DemoSettings:
     pixel_size_um: float = 0.08
     axon_diameter_um: tuple[float, float] = (0.8, 2.4)
     patch_size: int = 96
-    batch_size: int = 8
-    features_per_stage: tuple[int, ...] = (16, 32, 64, 128)
+    batch_size: int = CPU_BATCH_SIZE
+    features_per_stage: tuple[int, ...] = CPU_FEATURES_PER_STAGE
     trainer: str = DEMO_TRAINER
     seed: int = 0
 
@@ -75,10 +78,12 @@ class _Steps:
 def run_demo(out: str | os.PathLike = "nnunet_ext_demo", overwrite: bool = False,
              settings: DemoSettings | None = None) -> dict:
     """Run the demo pipeline into ``out`` and return its summary (also written to ``out/summary.json``)."""
+    # Imported here, not at the top: this module also registers the 'demo' subcommand, and these imports (torch,
+    # nnU-Net, numba through morphometrics) would take seconds off every 'nnunet-ext --help'.
     import pandas as pd
 
     from nnunet_ext.dataset_conversion.bids_microscopy import convert_bids_microscopy
-    from nnunet_ext.phantoms.generator import write_bids_phantom_dataset
+    from nnunet_ext.phantoms.bids_writer import write_bids_phantom_dataset
     from nnunet_ext.nnunet.commands import cpu_environment, plan_and_preprocess_cpu, predict, train
     import nnunet_ext.trainers as trainers
 
@@ -161,17 +166,13 @@ def run_demo(out: str | os.PathLike = "nnunet_ext_demo", overwrite: bool = False
     return summary
 
 
-def _trainer_epochs(trainer_class) -> int:
-    """The number of epochs a trainer class sets, read without building it (its __init__ needs plans)."""
-    import inspect
-    import re
-
-    match = re.search(r"self\.num_epochs\s*=\s*(\d+)", inspect.getsource(trainer_class.__init__))
-    return int(match.group(1)) if match else None
+def _trainer_epochs(trainer_class) -> int | None:
+    """The number of epochs a trainer class runs (its ``schedule_epochs``), read without building it."""
+    return getattr(trainer_class, "schedule_epochs", None)
 
 
 def _evaluate(predictions: Path, labels: Path, out: Path):
-    from nnunet_ext.evaluation.segmentation_metrics import evaluate_folder, per_class_means
+    from nnunet_ext.evaluation.folder_evaluation import evaluate_folder, per_class_means
 
     out.mkdir(parents=True, exist_ok=True)
     table = evaluate_folder(predictions, labels, labels=[1, 2], progress=False)
@@ -247,10 +248,7 @@ def _overview_figure(raw: Path, predictions: Path, manifest, path: Path) -> Path
         for ax in row:
             ax.set_axis_off()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def _print_summary(summary: dict, out: Path) -> None:

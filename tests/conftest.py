@@ -52,7 +52,7 @@ def tiny_nnunet_dataset(tmp_path_factory) -> TinyNnUNetDataset:
     """Phantoms (TEM + SEM, 96x96 px) -> BIDS -> nnU-Net raw -> nnU-Net plans -> CPU plans (48x48 patches) ->
     preprocessed. About half a minute, most of it nnU-Net's start-up."""
     from nnunet_ext.dataset_conversion.bids_microscopy import convert_bids_microscopy
-    from nnunet_ext.phantoms.generator import write_bids_phantom_dataset
+    from nnunet_ext.phantoms.bids_writer import write_bids_phantom_dataset
     from nnunet_ext.nnunet.commands import cpu_environment, plan_and_preprocess_cpu
 
     base = tmp_path_factory.mktemp("nnunet")

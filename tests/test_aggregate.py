@@ -19,7 +19,7 @@ from test_conversion_writer import verify_in_process
 @pytest.fixture(scope="module")
 def two_contrasts(tmp_path_factory):
     """TEM and SEM phantoms of the same eight animals, converted as two datasets (sub-08 held out as test)."""
-    from nnunet_ext.phantoms.generator import write_bids_phantom_dataset
+    from nnunet_ext.phantoms.bids_writer import write_bids_phantom_dataset
 
     base = tmp_path_factory.mktemp("agg")
     bids = write_bids_phantom_dataset(base / "bids", contrasts=("TEM", "SEM"), n_subjects=8, samples_per_subject=2,
@@ -170,7 +170,7 @@ def test_incompatible_or_unsafe_requests_are_refused(tmp_path, capsys):
 def test_train_one_fold_on_an_aggregate_with_the_cpu_trainer(tmp_path):
     """Aggregate two converted datasets, plan and preprocess with nnU-Net (checking integrity), train fold 0 with
     nnUNetTrainerCPUSmoke on our folds."""
-    from nnunet_ext.phantoms.generator import write_bids_phantom_dataset
+    from nnunet_ext.phantoms.bids_writer import write_bids_phantom_dataset
     from nnunet_ext.nnunet.commands import cpu_environment, plan_and_preprocess_cpu, train
 
     env = cpu_environment(tmp_path)

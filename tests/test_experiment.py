@@ -14,8 +14,13 @@ from scipy import stats
 
 from nnunet_ext.cli import main
 from nnunet_ext.dataset_conversion.nnunet_raw import NnUNetRawWriter
-from nnunet_ext.experiment import workflow as ex
-from nnunet_ext.evaluation.segmentation_metrics import METRIC_COLUMNS, evaluate_folder, per_class_means
+from nnunet_ext.experiment import outputs
+from nnunet_ext.experiment.comparison import (class_names, dice_matrix, generalist_vs_dedicated_pairs,
+                                              matrix_of_class, ood_table, paired_ttest)
+from nnunet_ext.experiment.design import ExperimentDesign, NnUNetSettings, prepare_experiment
+from nnunet_ext.experiment.outputs import plot_dice_heatmaps
+from nnunet_ext.evaluation.folder_evaluation import evaluate_folder, per_class_means
+from nnunet_ext.evaluation.segmentation_metrics import METRIC_COLUMNS
 
 CLASSES = {"1": "myelin", "2": "axon"}
 
@@ -58,14 +63,14 @@ def dice(tp, fp, fn):
 
 
 def test_dice_matrix_means_over_images_and_marks_cells(per_case):
-    matrix = ex.dice_matrix(per_case, {"A": ["A"], "B": ["B"], "AGG": ["A", "B"]}, held_out=["H"])
+    matrix = dice_matrix(per_case, {"A": ["A"], "B": ["B"], "AGG": ["A", "B"]}, held_out=["H"])
     assert list(matrix.columns[:4]) == ["target", "model", "label", "class_name"]
-    assert ex.class_names(matrix) == ["myelin", "axon"]
-    myelin = ex.matrix_of_class(matrix, "myelin")
+    assert class_names(matrix) == ["myelin", "axon"]
+    myelin = matrix_of_class(matrix, "myelin")
     assert list(myelin.index) == ["A", "B", "H"] and list(myelin.columns) == ["A", "B", "AGG"]
     assert myelin.loc["A", "A"] == pytest.approx((dice(8, 1, 1) + dice(9, 0, 2)) / 2)
     assert myelin.loc["B", "AGG"] == pytest.approx((dice(8, 1, 1) + dice(7, 2, 2)) / 2)
-    axon = ex.matrix_of_class(matrix, "axon")
+    axon = matrix_of_class(matrix, "axon")
     # b2 has no axon in reference or prediction of model B: left out of B's mean (nnU-Net's convention) ...
     assert axon.loc["B", "B"] == pytest.approx(dice(6, 1, 1))
     # ... but the generalist predicted a false axon pixel there: Dice 0 counts
@@ -80,22 +85,22 @@ def test_dice_matrix_means_over_images_and_marks_cells(per_case):
     for (model, target), group in per_case.groupby(["model", "target"]):
         means = per_class_means(group).set_index("class_name")
         for class_name in ("myelin", "axon"):
-            np.testing.assert_allclose(ex.matrix_of_class(matrix, class_name).loc[target, model],
+            np.testing.assert_allclose(matrix_of_class(matrix, class_name).loc[target, model],
                                        means.loc[class_name, "Dice"])
     with pytest.raises(ValueError, match="no class 'vessel'"):
-        ex.matrix_of_class(matrix, "vessel")
+        matrix_of_class(matrix, "vessel")
 
 
 def test_ttest_per_source_pairs_are_the_in_domain_cells(per_case):
-    matrix = ex.dice_matrix(per_case)
-    pairs = ex.generalist_vs_dedicated_pairs(per_case, "AGG", {"A": "A", "B": "B"}, pairing="source")
+    matrix = dice_matrix(per_case)
+    pairs = generalist_vs_dedicated_pairs(per_case, "AGG", {"A": "A", "B": "B"}, pairing="source")
     assert len(pairs) == 4  # 2 sources x 2 classes, as the paper's N = 8 for 4 sources x 2 classes
     for pair in pairs.itertuples():
-        wide = ex.matrix_of_class(matrix, pair.class_name)
+        wide = matrix_of_class(matrix, pair.class_name)
         assert pair.Dice_dedicated == wide.loc[pair.target, pair.dedicated_model]
         assert pair.Dice_generalist == wide.loc[pair.target, "AGG"]
         assert pair.difference == pytest.approx(pair.Dice_generalist - pair.Dice_dedicated)
-    tests = ex.paired_ttest(pairs, "two-sided", "source")
+    tests = paired_ttest(pairs, "two-sided", "source")
     overall = tests.iloc[0]
     assert overall.scope == "all classes" and overall.n_pairs == 4
     # t written out by hand: mean difference over its standard error
@@ -108,45 +113,45 @@ def test_ttest_per_source_pairs_are_the_in_domain_cells(per_case):
     assert list(tests.scope) == ["all classes", "myelin", "axon"] and list(tests.n_pairs) == [4, 2, 2]
     # one-sided: half the two-sided p in the direction of t, one minus that in the other
     along, against = ("greater", "less") if t > 0 else ("less", "greater")
-    assert ex.paired_ttest(pairs, along).iloc[0].p_value == pytest.approx(overall.p_value / 2)
-    assert ex.paired_ttest(pairs, against).iloc[0].p_value == pytest.approx(1 - overall.p_value / 2)
+    assert paired_ttest(pairs, along).iloc[0].p_value == pytest.approx(overall.p_value / 2)
+    assert paired_ttest(pairs, against).iloc[0].p_value == pytest.approx(1 - overall.p_value / 2)
 
 
 def test_ttest_per_image_pairs_drop_undefined_dice(per_case):
-    pairs = ex.generalist_vs_dedicated_pairs(per_case, "AGG", {"A": "A", "B": "B"}, pairing="image")
+    pairs = generalist_vs_dedicated_pairs(per_case, "AGG", {"A": "A", "B": "B"}, pairing="image")
     # 2 targets x 2 images x 2 classes, less b2/axon where the dedicated model's Dice is undefined
     assert len(pairs) == 7
     assert not ((pairs.case == "b2") & (pairs.class_name == "axon")).any()
     a1 = pairs[(pairs.case == "a1") & (pairs.class_name == "myelin")].iloc[0]
     assert (a1.Dice_dedicated, a1.Dice_generalist) == (pytest.approx(dice(8, 1, 1)), pytest.approx(dice(9, 1, 0)))
-    result = ex.paired_ttest(pairs, pairing="image").iloc[0]
+    result = paired_ttest(pairs, pairing="image").iloc[0]
     assert result.n_pairs == 7 and result.pairing == "image"
     assert result.p_value == pytest.approx(stats.ttest_rel(pairs.Dice_generalist, pairs.Dice_dedicated).pvalue)
 
 
 def test_ttest_degenerate_cases_are_reported_not_hidden():
     one = pd.DataFrame({"class_name": ["axon"], "Dice_generalist": [0.9], "Dice_dedicated": [0.8]})
-    result = ex.paired_ttest(one).iloc[0]
+    result = paired_ttest(one).iloc[0]
     assert result.n_pairs == 1 and math.isnan(result.p_value) and result.note == "fewer than 2 pairs"
     equal = pd.DataFrame({"class_name": ["axon"] * 3, "Dice_generalist": [1.0, 0.75, 0.5],
                           "Dice_dedicated": [0.75, 0.5, 0.25]})
-    assert "all differences equal" in ex.paired_ttest(equal).iloc[0].note
+    assert "all differences equal" in paired_ttest(equal).iloc[0].note
     with pytest.raises(ValueError, match="alternative"):
-        ex.paired_ttest(equal, alternative="bigger")
+        paired_ttest(equal, alternative="bigger")
 
 
 def test_pairs_need_both_models_on_the_source(per_case):
     with pytest.raises(ValueError, match="no evaluation of model 'C' on target 'A'"):
-        ex.generalist_vs_dedicated_pairs(per_case, "AGG", {"A": "C"})
+        generalist_vs_dedicated_pairs(per_case, "AGG", {"A": "C"})
     with pytest.raises(ValueError, match="no evaluation of the generalist 'GEN'"):
-        ex.generalist_vs_dedicated_pairs(per_case, "GEN", {"A": "A"})
+        generalist_vs_dedicated_pairs(per_case, "GEN", {"A": "A"})
     with pytest.raises(ValueError, match="pairing"):
-        ex.generalist_vs_dedicated_pairs(per_case, "AGG", {"A": "A"}, pairing="subject")
+        generalist_vs_dedicated_pairs(per_case, "AGG", {"A": "A"}, pairing="subject")
 
 
 def test_ood_table_compares_generalist_with_matched_best_and_mean(per_case):
-    matrix = ex.dice_matrix(per_case, held_out=["H"])
-    table = ex.ood_table(matrix, "AGG", ["A", "B"], {"H": "A"})
+    matrix = dice_matrix(per_case, held_out=["H"])
+    table = ood_table(matrix, "AGG", ["A", "B"], {"H": "A"})
     assert list(table.class_name) == ["myelin", "axon"]
     myelin = table.iloc[0]
     assert myelin.Dice_generalist == pytest.approx(dice(7, 1, 1))
@@ -154,34 +159,34 @@ def test_ood_table_compares_generalist_with_matched_best_and_mean(per_case):
     assert myelin.best_dedicated == "B" and myelin.Dice_best_dedicated == pytest.approx(dice(6, 2, 2))
     assert myelin.Dice_mean_dedicated == pytest.approx((dice(4, 4, 4) + dice(6, 2, 2)) / 2)
     assert myelin.generalist_minus_matched == pytest.approx(dice(7, 1, 1) - dice(4, 4, 4))
-    unmatched = ex.ood_table(matrix, "AGG", ["A", "B"], {"H": None}).iloc[1]
+    unmatched = ood_table(matrix, "AGG", ["A", "B"], {"H": None}).iloc[1]
     assert unmatched.matched_dedicated == "" and math.isnan(unmatched.Dice_matched_dedicated)
     assert unmatched.best_dedicated == "A"
     with pytest.raises(ValueError, match="not a dedicated model"):
-        ex.ood_table(matrix, "AGG", ["A", "B"], {"H": "AGG"})
+        ood_table(matrix, "AGG", ["A", "B"], {"H": "AGG"})
 
 
 def test_heatmap_prints_every_value_and_outlines_in_domain_cells(per_case, tmp_path, monkeypatch):
-    matrix = ex.dice_matrix(per_case, {"A": ["A"], "B": ["B"], "AGG": ["A", "B"]}, held_out=["H"])
+    matrix = dice_matrix(per_case, {"A": ["A"], "B": ["B"], "AGG": ["A", "B"]}, held_out=["H"])
     drawn = {}
 
-    def keep(figure, path):
+    def keep(figure, path, **savefig_kwargs):
         drawn["figure"] = figure
         return path
 
-    monkeypatch.setattr(ex, "_save_figure", keep)
-    ex.plot_dice_heatmaps(matrix, tmp_path / "h.png", generalist="AGG")
+    monkeypatch.setattr(outputs, "save_figure", keep)
+    plot_dice_heatmaps(matrix, tmp_path / "h.png", generalist="AGG")
     axes = [a for a in drawn["figure"].axes if a.get_title().startswith("Dice")]
     assert [a.get_title() for a in axes] == ["Dice, myelin", "Dice, axon"]
     for axis, class_name in zip(axes, ("myelin", "axon")):
         texts = sorted(t.get_text() for t in axis.texts)
-        wide = ex.matrix_of_class(matrix, class_name)
+        wide = matrix_of_class(matrix, class_name)
         assert texts == sorted(f"{v:.3f}" for v in wide.to_numpy().ravel())
         assert [t.get_text() for t in axis.get_yticklabels()] == ["A", "B", "H (held out)"]
         assert [t.get_text() for t in axis.get_xticklabels()] == ["A", "B", "AGG\n(generalist)"]
         assert len(axis.patches) == 4  # in-domain outlines
     monkeypatch.undo()
-    path = ex.plot_dice_heatmaps(matrix, tmp_path / "heat.png", ["axon"], generalist="AGG")
+    path = plot_dice_heatmaps(matrix, tmp_path / "heat.png", ["axon"], generalist="AGG")
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width > 300
     assert [p.name for p in tmp_path.iterdir()] == ["heat.png"]  # no temporary file left
@@ -219,11 +224,11 @@ def nnunet_folders(tmp_path):
 
 def test_prepare_experiment_aggregates_training_sources_and_matches_held_out(nnunet_folders, capsys):
     raw, pre, res = nnunet_folders
-    settings = ex.NnUNetSettings(trainer="nnUNetTrainerCPUSmoke", folds=(0,), device="cpu",
-                                 cpu_plans={"patch_size": [16, 16], "features_per_stage": [8, 16],
-                                            "batch_size": 2})
-    design = ex.prepare_experiment([11, "Dataset012_SEM1"], raw, pre, res, 20, "AGG", held_out=["13"],
-                                   nnunet=settings, aggregate_folds=2, progress=False)
+    settings = NnUNetSettings(trainer="nnUNetTrainerCPUSmoke", folds=(0,), device="cpu",
+                              cpu_plans={"patch_size": [16, 16], "features_per_stage": [8, 16],
+                                         "batch_size": 2})
+    design = prepare_experiment([11, "Dataset012_SEM1"], raw, pre, res, 20, "AGG", held_out=["13"],
+                                nnunet=settings, aggregate_folds=2, progress=False)
     assert [s.name for s in design.sources] == ["TEM1", "SEM1"] and design.generalist == "AGG"
     assert [m.name for m in design.models] == ["TEM1", "SEM1", "AGG"]
     assert [t.name for t in design.targets] == ["TEM1", "SEM1", "SEM2"]
@@ -232,36 +237,36 @@ def test_prepare_experiment_aggregates_training_sources_and_matches_held_out(nnu
     manifest = pd.read_csv(raw / "Dataset020_AGG" / "manifest.csv")
     assert set(manifest.source_dataset) == {"Dataset011_TEM1", "Dataset012_SEM1"}  # held-out source left out
     assert (pre / "Dataset020_AGG" / "splits_final.json").is_file()
-    assert ex.ExperimentDesign.from_json(design.to_json()) == design
+    assert ExperimentDesign.from_json(design.to_json()) == design
     # a second experiment on the same sources reuses the aggregate; other sources are refused
-    again = ex.prepare_experiment(["Dataset012_SEM1", 11], raw, pre, res, 20, "AGG", nnunet=settings,
-                                  aggregate_folds=2, progress=False)
+    again = prepare_experiment(["Dataset012_SEM1", 11], raw, pre, res, 20, "AGG", nnunet=settings,
+                               aggregate_folds=2, progress=False)
     assert "Reusing the aggregated dataset" in capsys.readouterr().out and not again.held_out
     with pytest.raises(FileExistsError, match="aggregates .*Dataset011_TEM1.*not .*Dataset013_SEM2"):
-        ex.prepare_experiment([11, 12, 13], raw, pre, res, 20, "AGG", nnunet=settings, aggregate_folds=2,
-                              progress=False)
-    explicit = ex.prepare_experiment([11, 12], raw, pre, res, 20, "AGG", held_out=["13=TEM1"], nnunet=settings,
-                                     aggregate_folds=2, progress=False)
+        prepare_experiment([11, 12, 13], raw, pre, res, 20, "AGG", nnunet=settings, aggregate_folds=2,
+                           progress=False)
+    explicit = prepare_experiment([11, 12], raw, pre, res, 20, "AGG", held_out=["13=TEM1"], nnunet=settings,
+                                  aggregate_folds=2, progress=False)
     assert explicit.held_out[0].matched_dedicated == "TEM1"
 
 
 def test_prepare_experiment_refuses_what_it_cannot_compare(nnunet_folders, tmp_path):
     raw, pre, res = nnunet_folders
     with pytest.raises(ValueError, match="at least two training sources"):
-        ex.prepare_experiment([11, 12], raw, pre, res, 20, held_out=["12"])
+        prepare_experiment([11, 12], raw, pre, res, 20, held_out=["12"])
     tiny_source(raw, 14, "Swapped", labels={"background": 0, "axon": 1, "myelin": 2})
     with pytest.raises(ValueError, match="Dataset014_Swapped/dataset.json: labels .* one label schema"):
-        ex.prepare_experiment([11, 14], raw, pre, res, 20)
+        prepare_experiment([11, 14], raw, pre, res, 20)
     tiny_source(raw, 15, "NoTestLabels", test_labels=False)
     with pytest.raises(ValueError, match="Dataset015_NoTestLabels: 2 test image\\(s\\) have no label in labelsTs"):
-        ex.prepare_experiment([11, 15], raw, pre, res, 20)
+        prepare_experiment([11, 15], raw, pre, res, 20)
     elsewhere = tiny_source(tmp_path / "elsewhere", 16, "Outside")
     with pytest.raises(ValueError, match="nnU-Net trains datasets of its raw folder only"):
-        ex.prepare_experiment([11, elsewhere], raw, pre, res, 20)
+        prepare_experiment([11, elsewhere], raw, pre, res, 20)
     with pytest.raises(ValueError, match="fold 3 does not exist with 2 aggregate folds"):
-        ex.prepare_experiment([11, 12], raw, pre, res, 20, nnunet=ex.NnUNetSettings(folds=(3,)), aggregate_folds=2)
+        prepare_experiment([11, 12], raw, pre, res, 20, nnunet=NnUNetSettings(folds=(3,)), aggregate_folds=2)
     with pytest.raises(FileExistsError, match="already uses dataset ID 11"):
-        ex.prepare_experiment([12, 13], raw, pre, res, 11, progress=False)
+        prepare_experiment([12, 13], raw, pre, res, 11, progress=False)
     assert sorted(p.name for p in raw.iterdir()) == ["Dataset011_TEM1", "Dataset012_SEM1", "Dataset013_SEM2",
                                                      "Dataset014_Swapped", "Dataset015_NoTestLabels"]
 

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from nnunet_ext.cli import main
-from nnunet_ext.evaluation.segmentation_metrics import evaluate_folder, per_class_means
+from nnunet_ext.evaluation.folder_evaluation import evaluate_folder, per_class_means
 
 SOURCES = {71: "TEM", 72: "SEM", 73: "BF"}
 
@@ -20,7 +20,7 @@ SOURCES = {71: "TEM", 72: "SEM", 73: "BF"}
 def phantom_sources(tmp_path_factory):
     """Three single-contrast datasets of the same four animals (sub-04 as test set), 96x96 px."""
     from nnunet_ext.dataset_conversion.bids_microscopy import convert_bids_microscopy
-    from nnunet_ext.phantoms.generator import write_bids_phantom_dataset
+    from nnunet_ext.phantoms.bids_writer import write_bids_phantom_dataset
 
     base = tmp_path_factory.mktemp("experiment")
     folders = {name: base / name for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}

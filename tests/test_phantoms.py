@@ -13,13 +13,11 @@ from PIL import Image
 from scipy import ndimage
 from skimage.measure import regionprops
 
-from nnunet_ext.phantoms import generator as phantoms
-from nnunet_ext.phantoms.generator import (
-    TRUTH_COLUMNS,
-    generate_phantom,
-    myelin_thickness_for_gratio,
-    write_bids_phantom_dataset,
-)
+from nnunet_ext.phantoms import bids_writer
+from nnunet_ext.phantoms import cli as phantoms_cli
+from nnunet_ext.phantoms.bids_writer import write_bids_phantom_dataset
+from nnunet_ext.phantoms.generator import TRUTH_COLUMNS, generate_phantom
+from nnunet_ext.phantoms.geometry import myelin_thickness_for_gratio
 
 ADS_SEM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ads_sem"
 
@@ -339,7 +337,7 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
 
 def test_failure_leaves_no_half_written_dataset(tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = phantoms.generate_phantom
+    original = bids_writer.generate_phantom
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -347,7 +345,7 @@ def test_failure_leaves_no_half_written_dataset(tmp_path, monkeypatch):
             raise RuntimeError("simulated crash")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(phantoms, "generate_phantom", failing)
+    monkeypatch.setattr(bids_writer, "generate_phantom", failing)
     target = tmp_path / "data"
     with pytest.raises(RuntimeError, match="simulated crash"):
         write_bids_phantom_dataset(target, contrasts=("TEM",), n_subjects=2, samples_per_subject=2,
@@ -367,7 +365,7 @@ def test_failure_leaves_no_half_written_dataset(tmp_path, monkeypatch):
 
 def test_cli_writes_dataset_and_preview(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    phantoms.register_cli(parser.add_subparsers(dest="command"))
+    phantoms_cli.register_cli(parser.add_subparsers(dest="command"))
     out, preview = tmp_path / "cli", tmp_path / "preview.png"
     args = parser.parse_args(
         ["phantoms", str(out), "--contrasts", "tem", "BF", "--subjects", "2", "--samples-per-subject", "1",

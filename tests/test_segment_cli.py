@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from nnunet_ext.phantoms.generator import generate_phantom, write_bids_phantom_dataset
+from nnunet_ext.phantoms.bids_writer import write_bids_phantom_dataset
+from nnunet_ext.phantoms.generator import generate_phantom
 from nnunet_ext.segmentation.segment_files import discover_segmentation_inputs, write_ads_masks
 from nnunet_ext.segmentation.cli import register_cli
 

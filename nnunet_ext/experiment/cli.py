@@ -11,6 +11,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from nnunet_ext.nnunet.plans_cpu import CPU_BATCH_SIZE, CPU_FEATURES_PER_STAGE, default_cpu_patch_size
+
 EXPERIMENT_DESCRIPTION = """\
 AxonDeepSeg's generalist-versus-dedicated experiment on converted nnU-Net datasets. Every training SOURCE gets a
 dedicated model trained on it alone; the training sources are aggregated (as 'nnunet-ext aggregate' does: test sets
@@ -101,13 +103,17 @@ def register_cli(subparsers) -> None:
 
 
 def _run_experiment(args) -> int:
-    from nnunet_ext.experiment import workflow as ex
+    # Imported here, not at the top, so that `nnunet-ext --help` stays instant (see the module docstring).
+    from nnunet_ext.dataset_conversion.aggregate_datasets import parse_group_by
+    from nnunet_ext.experiment.design import DESIGN_FILE, NnUNetSettings, prepare_experiment
+    from nnunet_ext.experiment.outputs import (check_output_folder, evaluate_experiment, format_results,
+                                               run_experiment, write_experiment_plan)
 
     if args.evaluate_only:
         if args.sources:
             raise ValueError("--evaluate-only reads OUT/experiment.json; give no SOURCE")
-        results = ex.evaluate_experiment(args.output, overwrite=args.overwrite)
-        print(ex.format_results(results, results["design"]))
+        results = evaluate_experiment(args.output, overwrite=args.overwrite)
+        print(format_results(results, results["design"]))
         print(f"wrote {len(results['files'])} result files into {results['output_dir']}")
         return 0
     if not args.sources and not args.held_out:
@@ -126,20 +132,19 @@ def _run_experiment(args) -> int:
         raise ValueError("--patch-size, --features and --batch-size apply to --cpu-plans (or --smoke)")
     if cpu_plans and args.plans is not None:
         raise ValueError("--plans cannot be combined with --cpu-plans/--smoke (they train nnUNetPlans_cpu)")
-    settings = ex.NnUNetSettings(
+    settings = NnUNetSettings(
         configuration=args.configuration,
         trainer=args.trainer or ("nnUNetTrainerCPUSmoke" if args.smoke else "nnUNetTrainer"),
         plans=args.plans or "nnUNetPlans", planner=args.planner,
         folds=tuple(args.folds or ((0,) if args.smoke else (0, 1, 2, 3, 4))),
         device=args.device or ("cpu" if args.smoke else "cuda"), checkpoint=args.checkpoint,
         cpu_plans=None if not cpu_plans else {
-            "patch_size": args.patch_size or ([128, 128] if args.configuration.startswith("2d") else [64, 64, 64]),
-            "features_per_stage": list(args.features or (16, 32, 64, 128)), "batch_size": args.batch_size or 8})
-    from nnunet_ext.dataset_conversion.aggregate_datasets import parse_group_by
-
+            "patch_size": args.patch_size or list(default_cpu_patch_size(args.configuration)),
+            "features_per_stage": list(args.features or CPU_FEATURES_PER_STAGE),
+            "batch_size": args.batch_size or CPU_BATCH_SIZE})
     # Refuse an existing output before creating the aggregate, not after.
-    ex.check_output_folder(args.output.resolve(), args.overwrite)
-    design = ex.prepare_experiment(
+    check_output_folder(args.output.resolve(), args.overwrite)
+    design = prepare_experiment(
         args.sources, args.raw, args.preprocessed, args.results, args.aggregate_id, args.aggregate_name,
         held_out=args.held_out, nnunet=settings, aggregate_folds=args.aggregate_folds, seed=args.seed,
         group_by=parse_group_by(args.group_by or []), pairing=args.pairs, alternative=args.alternative)
@@ -147,14 +152,14 @@ def _run_experiment(args) -> int:
     invocation = ("nnunet-ext " + " ".join(shlex.quote(a) for a in sys.argv[1:])
                   if Path(sys.argv[0]).name == "nnunet-ext" else "")
     if not args.run:
-        script = ex.write_experiment_plan(design, args.output, overwrite=args.overwrite, invocation=invocation)
+        script = write_experiment_plan(design, args.output, overwrite=args.overwrite, invocation=invocation)
         print(script.read_text())
-        print(f"wrote {script} and {script.parent / ex.DESIGN_FILE}; run the script (or this command with --run), "
+        print(f"wrote {script} and {script.parent / DESIGN_FILE}; run the script (or this command with --run), "
               f"it ends with the evaluation")
         return 0
-    results = ex.run_experiment(design, args.output, overwrite=args.overwrite, retrain=args.retrain,
-                                invocation=invocation)
-    print(ex.format_results(results, design))
+    results = run_experiment(design, args.output, overwrite=args.overwrite, retrain=args.retrain,
+                             invocation=invocation)
+    print(format_results(results, design))
     print(f"wrote {results['output_dir']} ({len(results['files'])} result files, predictions, commands.sh, "
           f"logs/nnunet.log)")
     return 0

@@ -29,12 +29,17 @@ class _CPUThreadsMixin:
 class CPUSmokeSchedule(_CPUThreadsMixin):
     """Mixin (listed before the trainer class) with the smoke schedule: two epochs of four iterations."""
 
+    #: The schedule, as class attributes: the demo and the experiment read it without building a trainer.
+    schedule_epochs = 2
+    schedule_iterations_per_epoch = 4
+    schedule_val_iterations_per_epoch = 2
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 4
-        self.num_val_iterations_per_epoch = 2
+        self.num_epochs = self.schedule_epochs
+        self.num_iterations_per_epoch = self.schedule_iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.schedule_val_iterations_per_epoch
         self._apply_cpu_threads()
 
 
@@ -49,12 +54,17 @@ class nnUNetTrainerCPUDemo(_CPUThreadsMixin, nnUNetTrainer):
     for axon and myelin on the synthetic phantoms.
     """
 
+    #: The schedule, as class attributes: the demo and the experiment read it without building a trainer.
+    schedule_epochs = 20
+    schedule_iterations_per_epoch = 20
+    schedule_val_iterations_per_epoch = 4
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 20
-        self.num_iterations_per_epoch = 20
-        self.num_val_iterations_per_epoch = 4
+        self.num_epochs = self.schedule_epochs
+        self.num_iterations_per_epoch = self.schedule_iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.schedule_val_iterations_per_epoch
         # few epochs: nnU-Net's poly schedule from 1e-2 decays too early to converge; start higher.
         self.initial_lr = 2e-2
         self._apply_cpu_threads()
