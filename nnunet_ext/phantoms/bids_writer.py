@@ -14,19 +14,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
 from nnunet_ext import __version__
 from nnunet_ext.io.atomic import staging_folder, write_json_atomically
 from nnunet_ext.io.bids import ads_masks_from_labels
+from nnunet_ext.io.images import write_png
 from nnunet_ext.phantoms import CONTRASTS
 from nnunet_ext.phantoms.generator import generate_phantom
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    """An 8-bit image or mask as PNG (here until :mod:`nnunet_ext.io.images` has a writer)."""
-    Image.fromarray(array).save(path)
 
 
 def write_bids_phantom_dataset(
@@ -119,11 +114,11 @@ def write_bids_phantom_dataset(
             phantom = generate_phantom(
                 shape=shape, pixel_size_um=size, contrast=contrast, seed=image_seed, **phantom_options
             )
-            _write_png(micr / f"{stem}.png", phantom.image)
+            write_png(micr / f"{stem}.png", phantom.image)
             sidecar = {"PixelSize": [size, size], "PixelSizeUnits": "um"}
             write_json_atomically(sidecar, micr / f"{stem}.json", indent=4)
             for suffix, mask in ads_masks_from_labels(phantom.axon_mask, phantom.myelin_mask).items():
-                _write_png(label_micr / f"{stem}{suffix}-manual.png", mask)
+                write_png(label_micr / f"{stem}{suffix}-manual.png", mask)
             samples.append({"sample_id": sample, "participant_id": subject, "sample_type": "tissue"})
             table = phantom.truth.copy()
             identity = {"subject": subject, "sample": sample, "image": stem, "modality": contrast,
