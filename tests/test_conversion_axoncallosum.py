@@ -207,3 +207,20 @@ def test_lazy_tiff_reads_windows_of_every_layout(tmp_path, options, access):
             np.testing.assert_array_equal(window, data[y0:y1, x0:x1])
     finally:
         lazy.close()
+
+
+def test_label_downsampling_ties_go_to_the_higher_label():
+    """2 x 2 blocks with two pixels each of two classes: the higher label wins (axon over myelin, myelin over
+    background), as the docstring and docs/conversion.md say (the old comment promised thin myelin would survive
+    a myelin/axon tie, which it never did)."""
+    background, myelin, axon = 0, 1, 2
+    blocks = [[[myelin, myelin], [axon, axon]],  # myelin / axon tie
+              [[background, myelin], [background, myelin]],  # background / myelin tie
+              [[axon, background], [background, axon]],  # axon / background tie
+              [[myelin, myelin], [myelin, axon]]]  # a plain majority
+    window = np.concatenate([np.array(b, np.uint8) for b in blocks], axis=1)
+    result = axoncallosum._downsample_label(window, 2, 3)
+    np.testing.assert_array_equal(result, [[axon, myelin, axon, myelin]])
+    # a three-way tie (3 x 3 block, three pixels of each class) goes to the axon too
+    three = np.array([[0, 0, 0], [1, 1, 1], [2, 2, 2]], np.uint8)
+    assert axoncallosum._downsample_label(three, 3, 3).tolist() == [[axon]]

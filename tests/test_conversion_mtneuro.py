@@ -1,5 +1,5 @@
-"""MTNeuro -> nnU-Net raw from synthetic ZYX cutouts, and the BossDB path through a stand-in ``intern`` module
-(no test touches the network)."""
+"""MTNeuro -> nnU-Net raw from synthetic ZYX cutouts, from files in MTNeuro's own formats, and the BossDB path
+through a stand-in ``intern`` module with BossDB's half-open cutouts (no test touches the network)."""
 from __future__ import annotations
 
 import json
@@ -12,13 +12,13 @@ import tifffile
 from PIL import Image
 
 from nnunet_ext.dataset_conversion.mtneuro import MTNEURO_IMAGE_URI, MTNEURO_LABEL_URI, MTNEURO_REGIONS, \
-    convert_mtneuro
+    MTNEURO_Z_SPLITS, convert_mtneuro
 from nnunet_ext.dataset_conversion.nnunet_raw import read_manifest
 from test_conversion_writer import verify_in_process
 
 SMALL_REGIONS = {"cortex": ((0, 24), (0, 20)), "striatum": ((0, 24), (40, 60)), "vp": ((30, 54), (0, 20)),
                  "zi": ((30, 54), (40, 60))}
-Z_SPLITS = {"train": (10, 33), "validation": (34, 41), "test": (44, 60)}  # inclusive, as the benchmark's
+Z_SPLITS = {"train": (10, 34), "validation": (34, 42), "test": (44, 61)}  # half-open, as the benchmark's
 Z_START = 10
 
 
@@ -89,14 +89,21 @@ def test_3d_three_classes_merge_axons_into_background(cutouts, tmp_path, monkeyp
 
 
 class _FakeBossArray:
-    """What ``intern.array(uri)`` returns, serving deterministic data for any cutout; records every request."""
+    """What ``intern.array(uri)`` returns, serving deterministic data for any cutout; records every request.
+
+    As BossDB: ``[z0:z1, y0:y1, x0:x1]`` is half-open ([inclusive, exclusive), MTNeuro's access notebook), within the
+    channel's extent z [0, 720), y [0, 1420), x [0, 5805); anything else is refused."""
 
     requests: list = []
+    extent = (720, 1420, 5805)
 
     def __init__(self, uri):
         self.uri = uri
 
     def __getitem__(self, index):
+        assert isinstance(index, tuple) and len(index) == 3 and all(isinstance(s, slice) for s in index), index
+        for s, size in zip(index, self.extent):
+            assert s.step is None and 0 <= s.start < s.stop <= size, f"bad BossDB cutout {index}"
         type(self).requests.append((self.uri, tuple((s.start, s.stop) for s in index)))
         z, y, x = np.meshgrid(*[np.arange(s.start, s.stop) for s in index], indexing="ij")
         if self.uri == MTNEURO_LABEL_URI:
@@ -109,7 +116,7 @@ def test_downloads_benchmark_cutouts_with_intern_once_then_reads_the_cache(tmp_p
     fake.array = _FakeBossArray
     monkeypatch.setitem(sys.modules, "intern", fake)
     _FakeBossArray.requests = []
-    z_splits = {"train": (110, 113), "validation": (114, 115), "test": (120, 121)}
+    z_splits = {"train": (110, 114), "validation": (114, 116), "test": (120, 122)}  # half-open
     cache = tmp_path / "cache"
     folder = convert_mtneuro(tmp_path / "raw", 23, "Boss", cutout_dir=cache, z_splits=z_splits, progress=False)
     assert sorted(_FakeBossArray.requests) == sorted(
@@ -160,3 +167,111 @@ def test_bad_cutouts_are_named_and_nothing_is_written(cutouts, tmp_path, breakag
         convert_mtneuro(tmp_path / "raw", 25, "Broken", cutout_dir=folder_in, regions=SMALL_REGIONS,
                         z_splits=Z_SPLITS, download=False, progress=False)
     assert not (tmp_path / "raw").exists() or list((tmp_path / "raw").iterdir()) == []
+
+
+def _install_fake_intern(monkeypatch):
+    fake = types.ModuleType("intern")
+    fake.array = _FakeBossArray
+    monkeypatch.setitem(sys.modules, "intern", fake)
+    _FakeBossArray.requests = []
+
+
+def test_benchmark_z_ranges_are_half_open_50_test_slices_per_region(tmp_path, monkeypatch):
+    """The benchmark's own ranges [110, 379), [380, 409), [420, 470): 269/29/50 slices per region, one BossDB
+    cutout [110:470) per region and channel (the inclusive reading gave 270/30/51 and asked for [110:471))."""
+    _install_fake_intern(monkeypatch)
+    boxes = {region: ((y0, y0 + 4), (x0, x0 + 4)) for region, ((y0, _), (x0, _)) in MTNEURO_REGIONS.items()}
+    folder = convert_mtneuro(tmp_path / "raw", 26, "Bench", cutout_dir=tmp_path / "cache", regions=boxes,
+                             progress=False)
+    manifest = read_manifest(folder)
+    per_region = manifest.groupby(["region", "split"]).size().unstack()
+    assert per_region.to_dict("index") == {r: {"train": 269, "validation": 29, "test": 50}
+                                           for r in ("cortex", "striatum", "vp")}
+    for split, (start, stop) in MTNEURO_Z_SPLITS.items():
+        z = sorted(manifest.loc[(manifest["region"] == "vp") & (manifest["split"] == split), "z_first"])
+        assert z == list(range(start, stop))
+    assert {request[1][0] for request in _FakeBossArray.requests} == {(110, 470)}
+    assert len(_FakeBossArray.requests) == 6
+    # a test slice holds exactly what BossDB serves for z = 469, the last slice of [420, 470)
+    row = manifest[(manifest["region"] == "vp") & (manifest["z_first"] == 469)].iloc[0]
+    (y0, y1), (x0, x1) = boxes["vp"]
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    np.testing.assert_array_equal(np.array(Image.open(folder / "imagesTs" / f"{row.case_id}_0000.png")),
+                                  (469 * 7 + yy * 3 + xx) % 251)
+    assert not (manifest["z_first"] == 379).any() and not (manifest["z_first"] == 470).any()
+
+
+def _mtneuro_task_config(name, volume_z, combine_ax_and_bg, no_zi, boxes, z_ranges):
+    """A task configuration as MTNeuro's taskconfig/task2_*.json, with other (small) boxes and ranges."""
+    config = {"name": name, "image_chan": MTNEURO_IMAGE_URI, "annotation_chan": MTNEURO_LABEL_URI}
+    for region, key in (("cortex", "cor"), ("striatum", "stri"), ("vp", "vp"), ("zi", "zi")):
+        (y0, y1), (x0, x1) = boxes[region]
+        config[f"xrange_{key}"], config[f"yrange_{key}"] = [x0, x1], [y0, y1]
+    config.update({"z_train": list(z_ranges["train"]), "z_val": list(z_ranges["validation"]),
+                   "z_test": list(z_ranges["test"]), "volume_z": volume_z, "tile_size": [24, 20],
+                   "task_type": "noZI" if no_zi else "3class", "combine_ax_and_bg": combine_ax_and_bg,
+                   "noZI": no_zi})
+    return config
+
+
+def _save_as_mtneuro_dataloader(folder, name, volumes, z_ranges):
+    """What MTNeuro's BossDBDataset(download=True) saves: per split, the four regions' cutouts
+    [z0:z1, y, x] concatenated along z (cortex, striatum, vp, zi), as <name><mode>images.npy / labels.npy."""
+    for split, mode in (("train", "train"), ("validation", "val"), ("test", "test")):
+        z0, z1 = z_ranges[split]
+        images = np.concatenate([volumes[r][0][z0 - Z_START: z1 - Z_START] for r in ("cortex", "striatum", "vp", "zi")])
+        labels = np.concatenate([volumes[r][1][z0 - Z_START: z1 - Z_START] for r in ("cortex", "striatum", "vp", "zi")])
+        np.save(folder / f"{name}{mode}images.npy", images)
+        np.save(folder / f"{name}{mode}labels.npy", labels)
+
+
+@pytest.mark.parametrize("name, volume_z, combine, no_zi", [("task2_2D_4class", 1, 0, 1),
+                                                             ("task2_3D_3class", 8, 1, 0)])
+def test_mtneuro_own_files_and_task_config_convert_from_the_cli(tmp_path, name, volume_z, combine, no_zi):
+    from nnunet_ext.cli import main
+    import SimpleITK as sitk
+
+    volumes = {region: _volume(index, (61 - Z_START, 24, 20)) for index, region in enumerate(SMALL_REGIONS)}
+    files = tmp_path / "mtneuro"
+    files.mkdir()
+    _save_as_mtneuro_dataloader(files, name, volumes, Z_SPLITS)
+    config = tmp_path / f"{name}.json"
+    config.write_text(json.dumps(_mtneuro_task_config(name, volume_z, combine, no_zi, SMALL_REGIONS, Z_SPLITS)))
+    assert main(["convert", "mtneuro", "--config", str(config), "--cutouts", str(files), "--no-download",
+                 "--raw", str(tmp_path / "raw"), "-d", "27", "-n", "Own"]) == 0
+    folder = tmp_path / "raw" / "Dataset027_Own"
+    manifest = read_manifest(folder)
+    regions = ["cortex", "striatum", "vp"] + ([] if no_zi else ["zi"])
+    assert sorted(manifest["region"].unique()) == sorted(regions)
+    depth = 1 if volume_z == 1 else 8
+    expected = {s: len(regions) * ((stop - start) // depth) for s, (start, stop) in Z_SPLITS.items()}
+    assert manifest.groupby("split").size().to_dict() == expected
+    lookup = np.array([0, 1, 2, 3] if not combine else [0, 1, 2, 0])
+    for region in regions:  # every region's cases hold that region's slices, not a neighbour's in the stack
+        image, labels = volumes[region]
+        if depth == 1:
+            row = manifest[(manifest["region"] == region) & (manifest["z_first"] == 36)].iloc[0]  # validation
+            case_image = np.array(Image.open(folder / "imagesTr" / f"{row.case_id}_0000.png"))
+            case_label = np.array(Image.open(folder / "labelsTr" / f"{row.case_id}.png"))
+            np.testing.assert_array_equal(case_image, image[36 - Z_START])
+            np.testing.assert_array_equal(case_label, lookup[labels[36 - Z_START]])
+        else:
+            row = manifest[(manifest["region"] == region) & (manifest["z_first"] == 52)].iloc[0]  # test
+            path = folder / "labelsTs" / f"{row.case_id}.nii.gz"
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))),
+                                          lookup[labels[52 - Z_START: 60 - Z_START]])
+    assert json.loads((folder / "dataset.json").read_text())["mtneuro_setting"] == \
+        f"{4 if not combine else 3}-class {2 if depth == 1 else 3}D"
+
+
+def test_mtneuro_files_whose_ranges_do_not_match_are_refused(tmp_path):
+    volumes = {region: _volume(index, (61 - Z_START, 24, 20)) for index, region in enumerate(SMALL_REGIONS)}
+    _save_as_mtneuro_dataloader(tmp_path, "task2_2D_4class", volumes, Z_SPLITS)
+    wrong = dict(Z_SPLITS, test=(44, 60))
+    with pytest.raises(ValueError, match=r"task2_2D_4classtestimages.npy: expected the 4 regions .* \[44, 60\)"):
+        convert_mtneuro(tmp_path / "raw", 28, "Wrong", cutout_dir=tmp_path, regions=SMALL_REGIONS, z_splits=wrong,
+                        download=False, progress=False)
+    (tmp_path / "task2_2D_4classvallabels.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="task2_2D_4classvallabels.npy: not found"):
+        convert_mtneuro(tmp_path / "raw", 28, "Wrong", cutout_dir=tmp_path, regions=SMALL_REGIONS,
+                        z_splits=Z_SPLITS, download=False, progress=False)

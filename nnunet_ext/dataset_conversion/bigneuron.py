@@ -1,12 +1,17 @@
 """BigNeuron (3D light microscopy of single neurons with SWC tracings) to a 3D nnU-Net raw dataset.
 
-Images are TIFF stacks (axes ZYX) or Vaa3D ``.v3draw`` files; each is paired with an SWC tracing that becomes a
-binary mask (0 background, 1 neuron) by painting, along every parent-child segment, balls whose radius goes linearly
-from one node's radius to the other's (at least ``min_radius``), as Vaa3D's ``swc_to_maskimage`` does; a root
-without children paints its own ball. SWC ``x, y, z`` (and radii) are voxel coordinates, 0-based, and map to array
-index ``[z, y, x]`` (BigNeuron's convention). Balls are round in voxel space, as Vaa3D paints them, whatever the
-voxel size: with coarse z steps, balls round in physical space would miss whole z planes along thin neurites. The
-voxel size (option) is written as the dataset's spacing. :func:`swc_to_mask` can paint physical balls instead.
+Images are TIFF stacks (axes ZYX), Vaa3D ``.v3draw`` files or Vaa3D's compressed ``.v3dpbd`` files (BigNeuron
+Gold166's format, read by :mod:`nnunet_ext.io.v3dpbd`); each is paired with an SWC tracing that becomes a
+binary mask (0 background, 1 neuron). The default painting is Vaa3D's ``swc_to_maskimage`` (its
+``ComputemaskImage``): every node's ball, and along every parent-child segment the voxels whose distance to the
+segment is at most the radius interpolated at the foot of their perpendicular (at least 1 voxel), plus the voxels of
+a line drawn along the segment; :func:`swc_to_mask` gives the details. ``painting="balls"`` paints instead the
+union of balls whose radius goes linearly from one node's radius to the other's, which covers slightly more on
+tapered segments (the ball at a point slides outward where the radius grows). SWC ``x, y, z`` (and radii) are voxel
+coordinates, 0-based, and map to array index ``[z, y, x]`` (BigNeuron's convention). Shapes are round in voxel
+space, as Vaa3D paints them, whatever the voxel size: with coarse z steps, balls round in physical space would miss
+whole z planes along thin neurites. The voxel size (option) is written as the dataset's spacing.
+:func:`swc_to_mask` can paint physically round shapes instead.
 
 The dataset is written as NIfTI (``.nii.gz``, SimpleITK) carrying the voxel size; ``.tif`` (nnU-Net's Tiff3DIO, with
 a spacing JSON per case) is the alternative.
@@ -14,7 +19,8 @@ a spacing JSON per case) is the alternative.
 Vaa3D raw format (``.v3draw``), as Vaa3D's ``loadRaw2Stack`` reads it: the 24 bytes ``raw_image_stack_by_hpeng``, one
 byte ``B`` or ``L`` (big or little endian), an int16 data type (1 uint8, 2 uint16, 4 float32), four sizes X, Y, Z, C
 (int32, or int16 in old files: the file size tells which), then the data in C, Z, Y, X order (X fastest).
-Compressed ``.v3dpbd`` files are not read: convert them with Vaa3D first.
+``.v3dpbd`` has the same header with the key ``v3d_volume_pkbitdf_encod`` and a compressed stream (see
+:mod:`nnunet_ext.io.v3dpbd`).
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from tqdm import tqdm
 
 from nnunet_ext.dataset_conversion.nnunet_raw import NnUNetRawWriter, add_destination_arguments, raw_root_from_args
 from nnunet_ext.io.swc import SWCTree, read_swc
+from nnunet_ext.io.v3dpbd import read_v3dpbd
 
 V3DRAW_MAGIC = b"raw_image_stack_by_hpeng"
 V3DRAW_DATATYPES = {1: np.uint8, 2: np.uint16, 4: np.float32}
@@ -85,16 +92,13 @@ def write_v3draw(path: str | os.PathLike, array: np.ndarray, byte_order: str = "
 
 
 def read_neuron_image(path: str | os.PathLike, channel: int = 0) -> np.ndarray:
-    """One channel of a 3D image stack (ZYX) from TIFF or ``.v3draw``."""
+    """One channel of a 3D image stack (ZYX) from TIFF, ``.v3draw`` or ``.v3dpbd``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image not found")
     suffix = path.suffix.lower()
-    if suffix == ".v3dpbd":
-        raise ValueError(f"{path}: compressed Vaa3D files (.v3dpbd) are not supported; convert it with Vaa3D "
-                         f"(open it and save as .v3draw or .tif) first")
-    if suffix == ".v3draw":
-        stack = read_v3draw(path)
+    if suffix in (".v3draw", ".v3dpbd"):
+        stack = read_v3draw(path) if suffix == ".v3draw" else read_v3dpbd(path)
         if not 0 <= channel < stack.shape[0]:
             raise ValueError(f"{path}: has {stack.shape[0]} channel(s), channel {channel} asked for")
         return stack[channel]
@@ -119,9 +123,32 @@ def read_neuron_image(path: str | os.PathLike, channel: int = 0) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ SWC to mask
+PAINTINGS = ("vaa3d", "balls")
+
+
 def swc_to_mask(tree: SWCTree, shape: Sequence[int], voxel_size_zyx: Sequence[float] = (1.0, 1.0, 1.0),
-                min_radius: float = 1.0) -> np.ndarray:
-    """Binary mask of a neuron tracing: balls along every parent-child segment.
+                min_radius: float = 1.0, painting: str = "vaa3d") -> np.ndarray:
+    """Binary mask of a neuron tracing, painted as Vaa3D's ``swc_to_maskimage`` does or as a union of balls.
+
+    ``painting="vaa3d"`` (default) follows ``ComputemaskImage`` of Vaa3D's ``swc_to_maskimage`` plugin
+    (``vaa3d_tools``), node by node, for voxel centres ``p`` (integer ``x, y, z``):
+
+    * the node's ball: ``|p - c| <= max(r, min_radius)``, for ``p`` in the box ``floor(c - r) .. floor(c + r)``
+      per axis (clipped to the image);
+    * for a node with a parent at another place, the segment from the node ``s`` to its parent ``e``: ``dist(p) <=
+      max(rr, min_radius)`` for ``p`` in the box ``floor(min(s, e) - R) .. floor(max(s, e) + R)``, ``R = max(r_s,
+      r_e)``, where ``dist`` is the distance to the segment (to the nearer end beyond the ends) and ``rr`` the radius
+      at the foot ``c`` of the perpendicular on the segment's line: ``r_s - (r_s - r_e) |s - c| / |e - s|`` if
+      ``r_s >= r_e``, else ``r_e - (r_e - r_s) |e - c| / |e - s|`` (linear between the nodes, shrinking beyond
+      them);
+    * the voxels ``round(s + k (e - s) / (2 n))``, ``k = 0 .. n + 1``, ``n = max(round(|e - s|), |dx|, |dy|,
+      |dz|)`` (Vaa3D's line, which stops just past the segment's middle).
+
+    Vaa3D's minimum radius is 1 (``dist <= 1``) and acts only inside those boxes, so a node of radius 0 paints
+    fewer voxels than a radius-1 ball; ``min_radius`` takes its place, and the boxes grow to ``min_radius`` when it
+    exceeds 1. ``painting="balls"``: the union, over every segment, of the balls centred on the segment whose radius
+    varies linearly between the two nodes' radii (each raised to ``min_radius``), and of each childless root's
+    ball; on a tapered segment it holds the Vaa3D painting and about 1-2 % more voxels.
 
     Parameters
     ----------
@@ -134,17 +161,20 @@ def swc_to_mask(tree: SWCTree, shape: Sequence[int], voxel_size_zyx: Sequence[fl
         round in voxel space, as Vaa3D does.
     min_radius : float
         Smallest radius painted (x voxels); automatic tracings often give radius 0 or 1.
+    painting : {"vaa3d", "balls"}
 
     Returns
     -------
     (Z, Y, X) bool array
-        True inside the union, over every segment, of the balls centred on the segment whose radius varies
-        linearly between the two nodes' radii (a tapered capsule), and of each childless root's ball.
     """
     shape = tuple(int(s) for s in shape)
     spacing = np.asarray(voxel_size_zyx, dtype=np.float64)
     if spacing.shape != (3,) or np.any(spacing <= 0):
         raise ValueError(f"voxel size must be three positive numbers (z, y, x), got {voxel_size_zyx}")
+    if painting not in PAINTINGS:
+        raise ValueError(f"painting must be one of {PAINTINGS}, got {painting!r}")
+    if painting == "vaa3d":
+        return _vaa3d_mask(tree, shape, spacing, min_radius)
     points = tree.coordinates[:, ::-1] * spacing  # physical z, y, x
     radii = np.maximum(tree.radii, min_radius) * spacing[2]
     mask = np.zeros(shape, dtype=bool)
@@ -156,6 +186,74 @@ def swc_to_mask(tree: SWCTree, shape: Sequence[int], voxel_size_zyx: Sequence[fl
     for a, b in segments:
         _paint_tapered_capsule(mask, points[a], points[b], radii[a], radii[b], spacing)
     return mask
+
+
+def _vaa3d_mask(tree: SWCTree, shape: tuple, spacing: np.ndarray, min_radius: float) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    voxels = tree.coordinates[:, ::-1]  # z, y, x in voxels
+    points = voxels * spacing
+    radii = np.maximum(tree.radii, 0.0) * spacing[2]
+    floor = min_radius * spacing[2]
+    widen = floor if min_radius > 1 else 0.0  # Vaa3D's own floor of 1 does not widen its boxes
+    limit = np.asarray(shape) - 1
+    for node, parent in enumerate(tree.parent_index):
+        centre, radius = points[node], radii[node]
+        reach = max(radius, widen)
+        box = _vaa3d_box(centre, centre, reach, spacing, limit)
+        grid = _box_grid(box, spacing)
+        distance = np.sqrt(np.einsum("...i,...i", centre - grid, centre - grid))
+        mask[tuple(slice(lo, hi + 1) for lo, hi in zip(*box))] |= (distance <= radius) | (distance <= floor)
+        if parent < 0 or np.array_equal(tree.coordinates[node], tree.coordinates[parent]):
+            continue  # a root, or a node on top of its parent (Vaa3D skips the segment)
+        start, end = points[node], points[parent]
+        r_start, r_end = radius, radii[parent]
+        # Vaa3D's line, in voxel coordinates: k = 0 .. n + 1 steps of (e - s) / (2 n)
+        delta = voxels[parent] - voxels[node]
+        steps = max(int(np.floor(np.linalg.norm(delta) + 0.5)), *(int(abs(d)) for d in delta), 1)
+        line = voxels[node] + np.arange(steps + 2)[:, None] * (delta / (2 * steps))
+        line = np.minimum(np.floor(line + 0.5).astype(np.int64), limit)
+        line = line[np.all(line >= 0, axis=1)]
+        mask[tuple(line.T)] = True
+        # the cone: distance to the segment against the radius at the foot of the perpendicular (the arithmetic
+        # in Vaa3D's order, so that voxels exactly on the boundary fall the same way)
+        box = _vaa3d_box(np.minimum(start, end), np.maximum(start, end), max(r_start, r_end, widen), spacing, limit)
+        grid = _box_grid(box, spacing)
+        axis = end - start
+        norms21 = float(axis @ axis)
+        to_start = start - grid
+        norms10 = np.einsum("...i,...i", to_start, to_start)
+        dots = to_start @ axis
+        t1 = -dots / norms21
+        distance = np.sqrt(np.maximum(norms10 - (dots * dots) / norms21, 0.0))
+        distance = np.where(t1 < 0, np.sqrt(norms10), distance)
+        distance = np.where(t1 > 1, np.sqrt(np.einsum("...i,...i", end - grid, end - grid)), distance)
+        if r_start == r_end:
+            rr = np.full_like(t1, r_start)
+        else:
+            t = ((grid - start) @ axis) / norms21
+            foot = start + t[..., None] * axis
+            if r_start >= r_end:
+                rr = r_start - ((r_start - r_end) / np.sqrt(norms21)) * np.sqrt(
+                    np.einsum("...i,...i", start - foot, start - foot))
+            else:
+                rr = r_end - ((r_end - r_start) / np.sqrt(norms21)) * np.sqrt(
+                    np.einsum("...i,...i", end - foot, end - foot))
+        inside = (distance <= rr) | (distance <= floor)
+        mask[tuple(slice(lo, hi + 1) for lo, hi in zip(*box))] |= inside
+    return mask
+
+
+def _vaa3d_box(low: np.ndarray, high: np.ndarray, reach: float, spacing: np.ndarray,
+               limit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last voxel index per axis of Vaa3D's box (truncated bounds, clipped to the image)."""
+    first = np.clip(np.floor((low - reach) / spacing).astype(np.int64), 0, limit)
+    last = np.clip(np.floor((high + reach) / spacing).astype(np.int64), 0, limit)
+    return first, last
+
+
+def _box_grid(box: tuple[np.ndarray, np.ndarray], spacing: np.ndarray) -> np.ndarray:
+    return np.stack(np.meshgrid(*[np.arange(lo, hi + 1) * s for lo, hi, s in zip(*box, spacing)], indexing="ij"),
+                    axis=-1)
 
 
 def _paint_tapered_capsule(mask: np.ndarray, a: np.ndarray, b: np.ndarray, radius_a: float, radius_b: float,
@@ -242,7 +340,8 @@ def find_image_tracing_pairs(inputs: Iterable[str | os.PathLike]) -> tuple[list[
 def convert_bigneuron(inputs: Iterable[str | os.PathLike], raw_root: str | os.PathLike, dataset_id: int,
                       dataset_name: str, *, pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike]] = (),
                       voxel_size_xyz: Sequence[float] = (1.0, 1.0, 1.0), min_radius: float = 1.0,
-                      channel: int = 0, test_cases: Iterable[str] = (), unlabelled: str = "test",
+                      painting: str = "vaa3d", channel: int = 0, test_cases: Iterable[str] = (),
+                      unlabelled: str = "test",
                       file_ending: str = ".nii.gz", overwrite: bool = False,
                       preprocessed_root: str | os.PathLike | None = None, verify: bool = False,
                       progress: bool = True) -> Path:
@@ -258,7 +357,9 @@ def convert_bigneuron(inputs: Iterable[str | os.PathLike], raw_root: str | os.Pa
     voxel_size_xyz : 3 floats
         Voxel size (x, y, z), in um, written as the dataset's spacing.
     min_radius : float
-        Smallest ball radius painted, in x voxels.
+        Smallest radius painted, in x voxels.
+    painting : {"vaa3d", "balls"}
+        Vaa3D's ``swc_to_maskimage`` rule (default) or the union of balls (:func:`swc_to_mask`).
     channel : int
         Channel of multi-channel stacks.
     test_cases : iterable of str
@@ -278,6 +379,8 @@ def convert_bigneuron(inputs: Iterable[str | os.PathLike], raw_root: str | os.Pa
         raise ValueError(f"voxel size must be three positive numbers (x, y, z), got {voxel_size_xyz}")
     if min_radius < 0:
         raise ValueError(f"min radius must not be negative, got {min_radius}")
+    if painting not in PAINTINGS:
+        raise ValueError(f"painting must be one of {PAINTINGS}, got {painting!r}")
     inputs = list(inputs)
     found, orphans = find_image_tracing_pairs(inputs) if inputs else ([], [])
     explicit = [(Path(i), Path(s)) for i, s in pairs]
@@ -304,7 +407,8 @@ def convert_bigneuron(inputs: Iterable[str | os.PathLike], raw_root: str | os.Pa
     with NnUNetRawWriter(raw_root, dataset_id, dataset_name, NEURON_LABELS, channel_names={"0": "zscore"},
                          file_ending=file_ending, overwrite=overwrite, preprocessed_root=preprocessed_root,
                          dataset_json_extra={"reference": "BigNeuron-style stacks with SWC tracings",
-                                             "voxel_size_xyz_um": list(voxel_size_xyz)}) as writer:
+                                             "voxel_size_xyz_um": list(voxel_size_xyz),
+                                             "mask_painting": painting}) as writer:
         for image_path, swc_path in tqdm(all_pairs, desc=f"Converting {dataset_name}", unit="stack",
                                          disable=not progress):
             if swc_path is None and unlabelled != "test":
@@ -325,7 +429,7 @@ def convert_bigneuron(inputs: Iterable[str | os.PathLike], raw_root: str | os.Pa
                 if outside:
                     warnings.warn(f"{swc_path}: {outside} of {len(tree)} node(s) outside {image_path} "
                                   f"(shape ZYX {image.shape}); painted where they overlap the image")
-                label = swc_to_mask(tree, image.shape, min_radius=min_radius).astype(np.uint8)
+                label = swc_to_mask(tree, image.shape, min_radius=min_radius, painting=painting).astype(np.uint8)
             split = "test" if (_stem(image_path) in test_cases or label is None) else "train"
             writer.add_case(image, label, split=split, spacing=voxel_size_zyx,
                             source_files=[image_path] + ([swc_path] if swc_path else []), subject=_stem(image_path),
@@ -349,8 +453,9 @@ def _nodes_outside(tree: SWCTree, shape: Sequence[int]) -> int:
 
 def register_convert_cli(convert_subparsers) -> None:
     parser = convert_subparsers.add_parser(
-        "bigneuron", help="BigNeuron 3D stacks (TIFF, .v3draw) with SWC tracings to a 3D nnU-Net dataset",
-        description="Convert 3D light-microscopy stacks (TIFF ZYX or Vaa3D .v3draw) and their SWC tracings to a 3D "
+        "bigneuron", help="BigNeuron 3D stacks (TIFF, .v3draw, .v3dpbd) with SWC tracings to a 3D nnU-Net dataset",
+        description="Convert 3D light-microscopy stacks (TIFF ZYX, Vaa3D .v3draw or .v3dpbd) and their SWC tracings "
+                    "to a 3D "
                     "nnU-Net raw dataset (0 background, 1 neuron); each tracing becomes a mask of balls painted "
                     "along its segments. Images pair with <stem>.swc beside them, or with the only SWC of a "
                     "one-image folder.")
@@ -362,6 +467,9 @@ def register_convert_cli(convert_subparsers) -> None:
                         help="voxel size x y z in um (default 1 1 1), written as the spacing")
     parser.add_argument("--min-radius", type=float, default=1.0,
                         help="smallest radius painted, in x voxels (default 1)")
+    parser.add_argument("--painting", choices=PAINTINGS, default="vaa3d",
+                        help="vaa3d: Vaa3D's swc_to_maskimage, radius at the foot of the perpendicular on each "
+                             "segment (default); balls: union of balls with linearly interpolated radius")
     parser.add_argument("--channel", type=int, default=0, help="channel of multi-channel stacks (default 0)")
     parser.add_argument("--test-cases", nargs="*", default=[], metavar="STEM",
                         help="image names (without extension) held out to imagesTs/labelsTs")
@@ -377,6 +485,7 @@ def _run_cli(args) -> int:
         raise ValueError("give image files/folders or --pair IMAGE SWC")
     destination = convert_bigneuron(args.inputs, raw_root_from_args(args), args.dataset_id, args.name,
                                     pairs=args.pair, voxel_size_xyz=args.voxel_size, min_radius=args.min_radius,
+                                    painting=args.painting,
                                     channel=args.channel, test_cases=args.test_cases, unlabelled=args.unlabelled,
                                     file_ending=args.file_ending, overwrite=args.overwrite,
                                     preprocessed_root=args.preprocessed, verify=args.verify)

@@ -15,6 +15,8 @@ slides
     Whole slides larger than memory: one opener (Zarr, OME-Zarr, TIFF), one block type, one Dask task runner.
 swc
     SWC neuron reconstructions (read, write, resample).
+v3dpbd
+    Vaa3D's compressed ``.v3dpbd`` stacks (packbits-difference, 8 and 16 bit, both byte orders).
 
 Nothing in this package imports another package of nnunet_ext.
 """
