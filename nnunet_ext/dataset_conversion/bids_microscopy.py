@@ -5,6 +5,8 @@ Reads ``sub-*/micr/*.{png,tif,tiff}`` with their manual labels
 separate ``_seg-axon-manual`` / ``_seg-myelin-manual`` masks (axon wins where they overlap). Other derivatives are
 ignored. nnU-Net labels: 0 background, 1 myelin, 2 axon. Pixel sizes come from the JSON sidecars, following BIDS
 inheritance (the most specific applicable sidecar wins: image level, then subject level, then dataset level).
+Mask values within 8 grey levels of 0/127/255 count as them (ads_sem stores some myelin as 128), a few anti-aliased
+strays go to the nearest value, and a mask coded otherwise is refused (or read with ``--mask-values``).
 """
 from __future__ import annotations
 
@@ -20,44 +22,93 @@ from tqdm import tqdm
 
 from nnunet_ext.io.bids import ADS_AXONMYELIN_VALUES, BidsMicroscopyImage, find_bids_images
 from nnunet_ext.io.images import read_grey_image
+from nnunet_ext.io.pixel_size import check_pixel_size
 from nnunet_ext.dataset_conversion.nnunet_raw import (AXON_MYELIN_LABELS, NnUNetRawWriter, add_destination_arguments,
                                                       raw_root_from_args)
 
-# Real masks drift from the nominal values (ads_sem's sub-rat2 has myelin at 128 and a few anti-aliased pixels):
-# each pixel goes to the nearest nominal value, and the number of off-nominal pixels is reported.
+# Real masks drift from the nominal values (ads_sem's sub-rat2 has myelin at 128 and a few anti-aliased pixels), but a
+# mask coded otherwise (0/85/170, 0/50/200) must not be silently re-read as other classes. So a grey value within
+# MASK_VALUE_TOLERANCE of 0, 127 or 255 counts as that value; values farther from all three ("stray", e.g. anti-aliased
+# edges) are mapped to the nearest one only while they cover at most MAX_STRAY_FRACTION of the mask; otherwise the mask
+# is refused, naming the file and the values found. The same holds for separate axon/myelin masks (0 and their maximum).
+#: Grey levels by which an axonmyelin mask value may differ from 0, 127 or 255 and still count as it.
+MASK_VALUE_TOLERANCE = 8
+#: Largest fraction of a mask's pixels that may hold values outside the tolerance (mapped to the nearest value).
+MAX_STRAY_FRACTION = 0.001
+
+
+def _listed_values(counts: np.ndarray, values: np.ndarray, limit: int = 6) -> str:
+    return ", ".join(f"{v} ({counts[v]} px)" for v in values[:limit]) + (" ..." if values.size > limit else "")
+
+
+def _refuse_stray_values(path: Path, counts: np.ndarray, stray: np.ndarray, expected: str) -> None:
+    """Raise ``ValueError`` when the ``stray`` grey values cover more than :data:`MAX_STRAY_FRACTION` of the mask."""
+    total = int(counts.sum())
+    n_stray = int(counts[stray].sum()) if stray.size else 0
+    if n_stray > MAX_STRAY_FRACTION * total:
+        raise ValueError(f"{path}: {n_stray} of {total} pixels ({n_stray / total:.1%}) hold values far from {expected} "
+                         f"(more than {MASK_VALUE_TOLERANCE} grey levels off): {_listed_values(counts, stray)}; the "
+                         f"mask seems coded otherwise, so it is refused rather than guessed (at most "
+                         f"{MAX_STRAY_FRACTION:.1%} of the pixels may be such anti-aliasing strays)")
 
 
 def _read_binary_mask(path: Path) -> np.ndarray:
     mask = read_grey_image(path)
     threshold = np.iinfo(mask.dtype).max // 2 if mask.max() > 1 else 0
     off_nominal = int(np.count_nonzero((mask != 0) & (mask != mask.max())))
+    if off_nominal > MAX_STRAY_FRACTION * mask.size:
+        values, counts = np.unique(mask, return_counts=True)
+        listed = ", ".join(f"{v} ({c} px)" for v, c in zip(values[:8].tolist(), counts[:8].tolist()))
+        raise ValueError(f"{path}: {off_nominal} of {mask.size} pixels are neither 0 nor {mask.max()} (values "
+                         f"{listed}{' ...' if values.size > 8 else ''}); an axon or myelin mask holds 0 and 255 (at "
+                         f"most {MAX_STRAY_FRACTION:.1%} of anti-aliased pixels in between)")
     if off_nominal:
         warnings.warn(f"{path}: {off_nominal} pixel(s) neither 0 nor {mask.max()}; thresholded at {threshold}")
     return mask > threshold
 
 
-def read_axon_myelin_label(image: BidsMicroscopyImage) -> np.ndarray:
-    """nnU-Net label map (0 background, 1 myelin, 2 axon) from an image's manual masks."""
+def check_mask_values(mask_values) -> dict[int, int]:
+    """``(background, myelin, axon)`` grey values of axonmyelin masks as ``{value: nnU-Net label}``, or
+    ``ValueError``."""
+    values = [int(v) for v in mask_values]
+    if len(values) != 3 or len(set(values)) != 3 or not all(0 <= v <= 255 for v in values):
+        raise ValueError(f"mask values must be three different 8-bit values (background myelin axon), got "
+                         f"{list(mask_values)}")
+    return dict(zip(values, (0, 1, 2)))
+
+
+def read_axon_myelin_label(image: BidsMicroscopyImage, mask_values=None) -> np.ndarray:
+    """nnU-Net label map (0 background, 1 myelin, 2 axon) from an image's manual masks.
+
+    ``mask_values``: the (background, myelin, axon) grey values of axonmyelin masks coded otherwise than
+    AxonDeepSeg's 0/127/255 (``--mask-values``).
+    """
     if "axonmyelin" in image.label_files:
         path = image.label_files["axonmyelin"]
         mask = read_grey_image(path)
+        coding = ADS_AXONMYELIN_VALUES if mask_values is None else check_mask_values(mask_values)
+        names = ", ".join(f"{v} ({n})" for v, n in zip(coding, ("background", "myelin", "axon")))
         if mask.dtype != np.uint8:
-            raise ValueError(f"{path}: axonmyelin mask must be 8-bit (0, 127, 255), got {mask.dtype}")
-        nominal = np.array(sorted(ADS_AXONMYELIN_VALUES))
-        if mask.any() and mask.max() < 64:  # e.g. a 0/1/2 label map: it would all round to background
+            raise ValueError(f"{path}: axonmyelin mask must be 8-bit ({names}), got {mask.dtype}")
+        nominal = np.array(sorted(coding))
+        if mask_values is None and mask.any() and mask.max() < 64:  # e.g. a 0/1/2 label map: all background
             raise ValueError(f"{path}: values {np.unique(mask).tolist()[:8]} but an axonmyelin mask holds 0 "
-                             f"background, 127 myelin, 255 axon")
-        # every grey value goes to the label of the nearest nominal value: below 64 background, 64..191 myelin
-        nearest = np.abs(np.arange(256)[:, None] - nominal[None]).argmin(axis=1)
-        lookup = np.array([ADS_AXONMYELIN_VALUES[v] for v in nominal], np.uint8)[nearest]
-        label = lookup[mask]
+                             f"background, 127 myelin, 255 axon (give --mask-values for another coding)")
+        # values within the tolerance of a nominal value take its label; strays (few) the nearest one's
+        tolerance = min(MASK_VALUE_TOLERANCE, (int(np.diff(nominal).min()) - 1) // 2)
+        distance = np.abs(np.arange(256)[:, None] - nominal[None])
+        nearest = distance.argmin(axis=1)
         counts = np.bincount(mask.ravel(), minlength=256)
+        stray = np.flatnonzero((distance.min(axis=1) > tolerance) & (counts > 0))
+        _refuse_stray_values(path, counts, stray, names if mask_values is not None else
+                             "AxonDeepSeg's 0 (background), 127 (myelin) and 255 (axon)")
+        lookup = np.array([coding[v] for v in nominal], np.uint8)[nearest]
+        label = lookup[mask]
         counts[nominal] = 0
         off_nominal = np.flatnonzero(counts)
         if off_nominal.size:
-            listed = ", ".join(f"{v} ({counts[v]} px)" for v in off_nominal[:6])
-            warnings.warn(f"{path}: values other than 0/127/255 mapped to the nearest of those: {listed}"
-                          + (" ..." if off_nominal.size > 6 else ""))
+            warnings.warn(f"{path}: values other than {'/'.join(map(str, coding))} mapped to the nearest of those "
+                          f"(within {tolerance} grey levels, or few strays): {_listed_values(counts, off_nominal)}")
     else:
         axon = _read_binary_mask(image.label_files["axon"])
         myelin = _read_binary_mask(image.label_files["myelin"])
@@ -103,7 +154,7 @@ def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.Pat
                             label_suffix: str = "manual", subjects: Iterable[str] | None = None,
                             modalities: Iterable[str] | None = None, overwrite: bool = False,
                             preprocessed_root: str | os.PathLike | None = None, verify: bool = False,
-                            progress: bool = True) -> Path:
+                            progress: bool = True, mask_values=None) -> Path:
     """Convert one or more BIDS microscopy datasets into one nnU-Net raw dataset.
 
     Parameters
@@ -135,6 +186,10 @@ def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.Pat
         nnU-Net preprocessed folder, where dataset IDs are checked too.
     verify : bool
         Run nnU-Net's dataset integrity check before moving the dataset into place.
+    mask_values : (int, int, int), optional
+        Background, myelin and axon grey values of the axonmyelin masks when not AxonDeepSeg's 0, 127, 255.
+        Mask values within :data:`MASK_VALUE_TOLERANCE` of these count as them; a mask with more than
+        :data:`MAX_STRAY_FRACTION` of its pixels farther away is refused, naming the file and the values.
 
     Returns
     -------
@@ -142,6 +197,8 @@ def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.Pat
         The dataset folder.
     """
     roots = [Path(bids_root)] if isinstance(bids_root, (str, os.PathLike)) else [Path(r) for r in bids_root]
+    if mask_values is not None:
+        check_mask_values(mask_values)
     if unlabelled not in ("test", "skip", "error"):
         raise ValueError(f"unlabelled must be 'test', 'skip' or 'error', got {unlabelled!r}")
     wanted_test = {s.removeprefix("sub-") for s in test_subjects}
@@ -156,8 +213,10 @@ def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.Pat
     if unknown:
         raise ValueError(f"test subjects/images not found in {', '.join(map(str, roots))}: {unknown}")
     if target_pixel_size_um is not None:
-        if target_pixel_size_um <= 0:
-            raise ValueError(f"target pixel size must be positive, got {target_pixel_size_um}")
+        try:
+            target_pixel_size_um = check_pixel_size(target_pixel_size_um)
+        except ValueError as error:
+            raise ValueError(f"target pixel size: {error}") from None
         missing = [str(i.path) for i in images if i.pixel_size_um is None]
         if missing:
             raise ValueError(f"resampling needs every pixel size; no PixelSize sidecar applies to {missing}")
@@ -172,7 +231,7 @@ def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.Pat
                 skipped.append(image.path)
                 continue
             grey = read_grey_image(image.path)
-            label = read_axon_myelin_label(image) if image.has_label else None
+            label = read_axon_myelin_label(image, mask_values) if image.has_label else None
             if label is not None and label.shape != grey.shape:
                 raise ValueError(f"{image.path}: image is {grey.shape} but its label is {label.shape}")
             pixel_size = image.pixel_size_um
@@ -247,6 +306,10 @@ def register_convert_cli(convert_subparsers) -> None:
                              "resolution-ignorant generalist model does)")
     parser.add_argument("--unlabelled", choices=("test", "skip", "error"), default="test",
                         help="images without manual labels: put in imagesTs (default), skip, or fail")
+    parser.add_argument("--mask-values", type=int, nargs=3, metavar=("BG", "MYELIN", "AXON"), default=None,
+                        help=f"grey values of the axonmyelin masks (default AxonDeepSeg's 0 127 255); values within "
+                             f"{MASK_VALUE_TOLERANCE} grey levels of them count as them, and a mask with more than "
+                             f"{MAX_STRAY_FRACTION:.1%} of its pixels farther away is refused")
     parser.set_defaults(func=_run_bids_cli)
 
 
@@ -256,6 +319,6 @@ def _run_bids_cli(args) -> int:
                                           target_pixel_size_um=args.target_pixel_size, unlabelled=args.unlabelled,
                                           subjects=args.subjects, modalities=args.modalities,
                                           overwrite=args.overwrite, preprocessed_root=args.preprocessed,
-                                          verify=args.verify)
+                                          verify=args.verify, mask_values=args.mask_values)
     print(f"Wrote {destination} (manifest: {destination / 'manifest.csv'})")
     return 0

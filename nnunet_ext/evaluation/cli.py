@@ -20,7 +20,9 @@ the image diagonal. HD95 equals MONAI's compute_hausdorff_distance(percentile=95
 95th percentiles of boundary-to-boundary distances.
 
 Labels and the ignore label come from the dataset.json that nnUNetv2_predict copies into PRED_DIR (or
-GT_DIR/../dataset.json), else from --labels, else every non-zero value found. The CSV holds the per-case rows then
+GT_DIR/../dataset.json), else from --labels, else every non-zero value found. With a dataset.json, a prediction or
+reference holding a value that is none of its labels (nor --labels, nor the ignore label) is refused, naming the file
+and the values, instead of being scored as background. The CSV holds the per-case rows then
 the summary rows (case = "mean"; the row with label "mean" averages the classes: its IoU is the mIoU); a PNG of box
 plots is written beside it."""
 
@@ -66,6 +68,36 @@ def register_cli(subparsers) -> None:
     evaluate.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default 1)")
     evaluate.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing CSV/PNG")
+    fibres = evaluate.add_argument_group(
+        "fibre detection and morphometric agreement (ASTIH's protocol)",
+        "With --fibres or --morphometrics, GT_DIR may be a BIDS dataset (derivatives/labels), an ASTIH test folder "
+        "(<stem>_seg-axonmyelin-manual.png) or an nnU-Net label folder, and PRED_DIR holds <stem>_seg-axon.png + "
+        "<stem>_seg-myelin.png (nnunet-ext segment), <stem>_seg-axonmyelin.png or label images (PRED_DIR may be "
+        "GT_DIR). Fibres: the axon + myelin watershed of the morphometrics (AxonDeepSeg's), matched one-to-one as "
+        "stardist's matching; per image TP/FP/FN, precision, recall, accuracy, F1, mean matched score, panoptic "
+        "quality and pixel Dice/IoU of axon and myelin (<out>_fibres.csv), per dataset TP/FP/FN summed and rates "
+        "averaged over images as ASTIH, pooled rates beside (<out>_fibres_dataset.csv).")
+    fibres.add_argument("--fibres", action="store_true", help="fibre detection metrics")
+    fibres.add_argument("--iou-thresholds", nargs="+", type=float, metavar="T", default=None,
+                        help="matching thresholds of a sweep, e.g. 0.3 0.35 ... 0.95 (one value, or three: START "
+                             "STOP STEP with --iou-range); writes every threshold to the CSVs and <out>_fibres_sweep.png")
+    fibres.add_argument("--iou-range", action="store_true",
+                        help="read --iou-thresholds as START STOP STEP (inclusive), e.g. 0.3 0.95 0.05")
+    fibres.add_argument("--match-threshold", type=float, default=0.5,
+                        help="IoU at which fibres match for detection and agreement (default 0.5, ASTIH's)")
+    fibres.add_argument("--morphometrics", action="store_true",
+                        help="morphometric agreement of matched fibres (axon diameter, myelin thickness, g-ratio: "
+                             "bias, 95%% limits of agreement, Pearson r, ICC(2,1)) and per image / subject (axon count, "
+                             "density, AVF, MVF, aggregate and mean g-ratio, relative errors): <out>_agreement_*.csv, "
+                             "<out>_bland_altman.png, <out>_scatter.png; needs pixel sizes (sidecars, manifest.csv, "
+                             "--pixel-size or --pixel-size-table)")
+    fibres.add_argument("--axon-shape", choices=("circle", "ellipse"), default="circle",
+                        help="axon diameter as equivalent circle (default) or ellipse minor axis")
+    fibres.add_argument("--postprocess", action="store_true",
+                        help="post-process the predictions for morphometrics first (nnunet-ext morphometrics "
+                             "--postprocess's defaults)")
+    fibres.add_argument("--label-suffix", default="manual",
+                        help="reference masks <stem>_seg-axonmyelin-<SUFFIX>.png (default: manual)")
     evaluate.set_defaults(func=_run_evaluate)
 
     tracing = subparsers.add_parser(
@@ -121,10 +153,19 @@ def read_pixel_size_table(path: Path) -> dict:
     bad = table.loc[~(sizes > 0), case_column].astype(str).tolist()
     if bad:
         raise ValueError(f"{path}: missing or non-positive pixel size for case(s) {', '.join(bad[:5])}")
+    from nnunet_ext.io.pixel_size import PLAUSIBLE_PIXEL_SIZE_UM
+
+    low, high = PLAUSIBLE_PIXEL_SIZE_UM
+    implausible = table.loc[(sizes < low) | (sizes > high), case_column].astype(str).tolist()
+    if implausible:
+        raise ValueError(f"{path}: implausible pixel size for case(s) {', '.join(implausible[:5])}: accepted are "
+                         f"{low:g} to {high:g} um per pixel")
     return dict(zip(table[case_column].astype(str), sizes.astype(float)))
 
 
 def _run_evaluate(args) -> int:
+    if args.fibres or args.morphometrics or args.iou_thresholds:
+        return _run_fibre_evaluation(args)
     from nnunet_ext.evaluation import folder_evaluation as fe
     from nnunet_ext.io.atomic import write_csv_atomically
     from nnunet_ext.evaluation import segmentation_metrics as sm
@@ -138,6 +179,13 @@ def _run_evaluate(args) -> int:
             if name:
                 names[label] = name
     if args.pixel_size is not None:
+        from nnunet_ext.io.pixel_size import check_pixel_size
+
+        for value in args.pixel_size:
+            try:
+                check_pixel_size(value)
+            except ValueError as error:
+                raise ValueError(f"--pixel-size: {error}") from None
         spacing = args.pixel_size[0] if len(args.pixel_size) == 1 else args.pixel_size
     elif args.spacing_from_files:
         spacing = sm.SPACING_FROM_FILES
@@ -170,6 +218,69 @@ def _run_evaluate(args) -> int:
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"mIoU {summary['IoU'].iloc[-1]:.4f}   mean Dice {summary['Dice'].iloc[-1]:.4f}")
     print(f"wrote {output}" + ("" if args.no_plot else f" and {plot_path}"))
+    return 0
+
+
+def iou_thresholds(values, as_range: bool) -> list[float]:
+    """``--iou-thresholds``: the values, or START STOP STEP (inclusive) with ``--iou-range``."""
+    if not as_range:
+        return [float(v) for v in values]
+    if len(values) != 3 or values[2] <= 0 or values[1] < values[0]:
+        raise ValueError("--iou-range needs --iou-thresholds START STOP STEP with STEP > 0 and STOP >= START")
+    start, stop, step = values
+    count = int(round((stop - start) / step)) + 1
+    return [round(start + i * step, 10) for i in range(count) if start + i * step <= stop + 1e-9]
+
+
+def _run_fibre_evaluation(args) -> int:
+    from nnunet_ext.evaluation import fibre_folders as ff
+
+    thresholds = iou_thresholds(args.iou_thresholds, args.iou_range) if args.iou_thresholds else [args.match_threshold]
+    for value in [*thresholds, args.match_threshold]:
+        if not 0 <= value <= 1:
+            raise ValueError(f"IoU thresholds must be between 0 and 1, got {value}")
+    if args.pixel_size is not None and len(args.pixel_size) != 1:
+        raise ValueError("--pixel-size takes one value with --fibres/--morphometrics (2D images)")
+    if args.spacing_from_files:
+        raise ValueError("--spacing-from-files is not used with --fibres/--morphometrics; pixel sizes come from "
+                         "sidecars, manifest.csv, --pixel-size or --pixel-size-table")
+    output = args.output or args.prediction_dir / "evaluation.csv"
+    paths = ff.output_paths(output)
+    planned = [paths["detection"], paths["dataset"]] + ([paths["sweep_png"]] if len(thresholds) > 1 else [])
+    if args.morphometrics:
+        planned += [paths[k] for k in ("fibres", "statistics", "images", "subjects", "bland_altman", "scatter")]
+    for path in planned:
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(f"{path} exists; use --overwrite to replace it")
+    pixel_sizes = read_pixel_size_table(args.pixel_size_table) if args.pixel_size_table is not None else None
+    cases = ff.discover_fibre_cases(args.prediction_dir, args.reference_dir, args.label_suffix,
+                                    args.allow_missing, args.pixel_size[0] if args.pixel_size else None, pixel_sizes)
+    myelin_label, axon_label = ff.labels_from_dataset_json(args.reference_dir)
+    postprocess = None
+    if args.postprocess:
+        from nnunet_ext.morphometrics.postprocess import DEFAULT_POSTPROCESS
+
+        postprocess = dict(DEFAULT_POSTPROCESS)
+    result = ff.evaluate_fibre_cases(cases, thresholds, args.match_threshold, args.morphometrics, args.axon_shape,
+                                     postprocess, myelin_label, axon_label)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    written = ff.write_fibre_evaluation(result, output, len(thresholds) > 1, args.overwrite)
+    row = result.dataset[result.dataset["thresh"] == args.match_threshold].iloc[0]
+    print(f"{len(cases)} image(s); fibres at IoU {args.match_threshold:g}: TP {row['tp']} FP {row['fp']} FN "
+          f"{row['fn']}; precision {row['precision']:.4f} recall {row['recall']:.4f} F1 {row['f1']:.4f} (means over "
+          f"images); panoptic quality {row['panoptic_quality']:.4f}; Dice axon {row['dice_axon']:.4f} myelin "
+          f"{row['dice_myelin']:.4f}")
+    if result.statistics is not None:
+        overall = result.statistics[result.statistics["subject"] == "all"]
+        for record in overall.to_dict("records"):
+            print(f"  {record['metric']:>16}: n {record['n']}, bias {record['bias']:+.4f}, 95% LoA "
+                  f"[{record['loa_low']:+.4f}, {record['loa_high']:+.4f}], r {record['pearson_r']:.3f}, ICC(2,1) "
+                  f"{record['icc_2_1']:.3f}")
+        for record in result.images.to_dict("records"):
+            print(f"  {record['image']}: axons {record['axon_count_pred']} vs {record['axon_count_ref']} "
+                  f"({record['axon_count_rel_error']:+.1%}), aggregate g-ratio {record['gratio_aggregate_pred']:.4f} "
+                  f"vs {record['gratio_aggregate_ref']:.4f}")
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

@@ -91,6 +91,34 @@ def _read_segmentation(reader, path: Path) -> tuple[np.ndarray, dict]:
     return segmentation, {"spacing": spacing}
 
 
+def allowed_label_values(dataset_json: dict, labels=None, ignore_label: int | None = None) -> set[int]:
+    """Every value a segmentation of this dataset may hold: background, the labels (or the values of
+    ``regions_class_order``), the ignore label, and any label asked for explicitly."""
+    allowed = {0}
+    for value in list(dataset_json.get("labels", {}).values()) + list(dataset_json.get("regions_class_order") or []):
+        allowed.update(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+    for label in labels or ():
+        allowed.update(int(v) for v in (label if isinstance(label, (list, tuple)) else [label]))
+    if ignore_label is not None:
+        allowed.add(int(ignore_label))
+    return allowed
+
+
+def _check_label_values(path: Path, array: np.ndarray, allowed: set[int]) -> None:
+    """Refuse a segmentation holding values that are no label of the dataset: they would be scored as background
+    (an axon written as 7 scores Dice 0, an AxonDeepSeg 0/127/255 mask quietly lower)."""
+    values = np.unique(array)
+    unknown = [int(v) for v in values if int(v) not in allowed]
+    if unknown:
+        hint = ""
+        if set(unknown) <= {127, 255}:
+            hint = (" (an AxonDeepSeg 0/127/255 mask? convert it to nnU-Net's labels, or score it without a "
+                    "dataset.json with --labels 127 255)")
+        raise ValueError(f"{path}: label value(s) {unknown[:10]}{' ...' if len(unknown) > 10 else ''} are not labels "
+                         f"of the dataset.json (allowed: {sorted(allowed)}); they would silently count as "
+                         f"background{hint}")
+
+
 def _spacing_from_file(reader, path: Path, file_spacing: list) -> list:
     name = type(reader).__name__
     if name == "NaturalImage2DIO":
@@ -108,6 +136,10 @@ def _evaluate_case(task: dict) -> list[dict]:
     prediction, prediction_info = _read_segmentation(task["reader"], task["prediction_file"])
     reference, reference_info = _read_segmentation(task["reader"], task["reference_file"])
     check_same_shape(prediction, reference, where=f"{task['prediction_file']} vs {task['reference_file']}: ")
+    allowed = task.get("allowed_values")
+    if allowed is not None:
+        for path, array in ((task["prediction_file"], prediction), (task["reference_file"], reference)):
+            _check_label_values(path, array, allowed)
     spacing = task["spacing"]
     if isinstance(spacing, str) and spacing == SPACING_FROM_FILES:
         spacing = _spacing_from_file(task["reader"], task["reference_file"], reference_info["spacing"])
@@ -213,6 +245,8 @@ def evaluate_folder(
     cases = sorted(predictions)
 
     reader = _reader_for(file_ending, references[cases[0]], dataset)
+    # with a dataset.json, values outside its labels are refused rather than scored as background
+    allowed = None if dataset is None else allowed_label_values(dataset, labels, ignore_label)
     tasks = []
     for case in cases:
         case_spacing = spacing
@@ -221,7 +255,8 @@ def evaluate_folder(
                 raise ValueError(f"no pixel size given for case {case!r}")
             case_spacing = spacing[case]
         tasks.append({"case": case, "prediction_file": predictions[case], "reference_file": references[case],
-                      "reader": reader, "labels": labels, "spacing": case_spacing, "ignore_label": ignore_label})
+                      "reader": reader, "labels": labels, "spacing": case_spacing, "ignore_label": ignore_label,
+                      "allowed_values": allowed})
 
     rows: list[dict] = []
     bar = tqdm(total=len(tasks), desc="evaluating", unit="case", disable=not progress)

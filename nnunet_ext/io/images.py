@@ -7,6 +7,7 @@ Label maps and masks may also be anything SimpleITK reads (NIfTI, NRRD, MHA, as 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -39,26 +40,48 @@ def is_zarr(path: str | os.PathLike) -> bool:
         (path / marker).is_file() for marker in ("zarr.json", ".zarray", ".zgroup")))
 
 
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, what: str = "image"):
+    """Turn whatever a reader library raises on ``path`` (Pillow's ``UnidentifiedImageError`` or "image file is
+    truncated", tifffile's and SimpleITK's errors, a broken ``.npy``) into one ``ValueError`` naming the file, so that
+    every command says which file is broken instead of printing a traceback. ``FileNotFoundError``, ``MemoryError``
+    and ``ValueError`` s that already name the file pass through."""
+    try:
+        yield
+    except (FileNotFoundError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 - reader libraries raise many types for broken files
+        if isinstance(error, ValueError) and str(error).startswith(str(path)):
+            raise
+        detail = str(error).strip() or "no detail"
+        hint = ("it is above Pillow's decompression-bomb size limit" if type(error).__name__ ==
+                "DecompressionBombError" else "the file may be truncated, empty or not an image")
+        raise ValueError(f"{path}: cannot be read as {what} ({type(error).__name__}: {detail}); {hint}") from None
+
+
 def read_grey_image(path: str | os.PathLike) -> np.ndarray:
     """Read a microscopy image as one grey channel, keeping 8 or 16 bits.
 
     Grey+alpha drops alpha; RGB(A) becomes luminance (scikit-image's ``rgb2gray``, Rec. 709 weights) in the input's
-    bit depth.
+    bit depth. A file that cannot be decoded (truncated, empty, not an image) raises ``ValueError`` naming it.
     """
     path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    with reading(path, "an image"):
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
 
-        array = tifffile.imread(path)
-    else:
-        from PIL import Image
+            array = tifffile.imread(path)
+        else:
+            from PIL import Image
 
-        with Image.open(path) as im:
-            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):  # palette or colour model: to RGB(A) first
-                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-            elif im.mode == "1":
-                im = im.convert("L")
-            array = np.array(im)
+            with Image.open(path) as im:
+                if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):  # palette or colour model: to RGB(A) first
+                    im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+                elif im.mode == "1":
+                    im = im.convert("L")
+                array = np.array(im)
     return to_single_channel(array, path)
 
 
@@ -101,23 +124,31 @@ def image_shape(path: Path) -> tuple[int, int]:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with no_pixel_limit(), Image.open(path) as image:
             width, height = image.size
     except Exception as error:
         raise ValueError(f"{path}: cannot read image header ({error})") from None
     return height, width
 
 
-def read_large_grey_image(path: Path) -> np.ndarray:
-    """A grey image in memory (no Pillow size limit: the user names the file, and large ones are what we are for)."""
+@contextlib.contextmanager
+def no_pixel_limit():
+    """Lift Pillow's decompression-bomb limit for a block: the user names the file, and large images are what whole
+    slides and their label maps are."""
     from PIL import Image
 
     limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
-        return read_grey_image(path)
+        yield
     finally:
         Image.MAX_IMAGE_PIXELS = limit
+
+
+def read_large_grey_image(path: Path) -> np.ndarray:
+    """A grey image in memory (no Pillow size limit: the user names the file, and large ones are what we are for)."""
+    with no_pixel_limit():
+        return read_grey_image(path)
 
 
 def read_image_2d(path: str | os.PathLike) -> np.ndarray:
@@ -129,19 +160,22 @@ def read_image_2d(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     lower = path.name.lower()
-    if lower.endswith(".png"):
-        from PIL import Image
+    with reading(path, "a 2D image"):
+        if lower.endswith(".png"):
+            from PIL import Image
 
-        with Image.open(path) as image:
-            array = np.array(image)
-    elif lower.endswith((".tif", ".tiff")):
-        import tifffile
+            with no_pixel_limit(), Image.open(path) as image:  # label maps of slides are large: no Pillow limit
+                array = np.array(image)
+        elif lower.endswith((".tif", ".tiff")):
+            import tifffile
 
-        array = tifffile.imread(path)
-    else:
-        import SimpleITK as sitk
+            array = tifffile.imread(path)
+        elif lower.endswith(".npy"):
+            array = np.load(path, allow_pickle=False)
+        else:
+            import SimpleITK as sitk
 
-        array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+            array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     array = np.squeeze(array) if array.ndim > 2 and 1 in array.shape[:-1] else array
     if array.ndim == 3 and array.shape[-1] in (2, 4) and lower.endswith(".png"):
         array = array[..., 0] if array.shape[-1] == 2 else array[..., :3]
@@ -171,7 +205,7 @@ def read_label_volume(path: str | os.PathLike) -> np.ndarray:
     elif lower.endswith((".tif", ".tiff")):
         import tifffile
 
-        with tifffile.TiffFile(path) as tif:
+        with reading(path, "a label map"), tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
             # colour is in the tags: an RGB(A) image would otherwise read as H slices of W x 3(4)
             if page.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR) \
@@ -182,11 +216,13 @@ def read_label_volume(path: str | os.PathLike) -> np.ndarray:
                                  f"(write stacks with photometric='minisblack')")
             array = tif.asarray()
     elif lower.endswith(".npy"):
-        array = np.load(path, allow_pickle=False)
+        with reading(path, "a NumPy label map"):
+            array = np.load(path, allow_pickle=False)
     else:
         import SimpleITK as sitk
 
-        array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        with reading(path, "a label map"):
+            array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     array = np.asarray(array)
     while array.ndim > 3 and array.shape[0] == 1:
         array = array[0]

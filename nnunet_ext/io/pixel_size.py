@@ -14,16 +14,26 @@ from pathlib import Path
 
 from nnunet_ext.io.images import is_zarr, strip_extension
 
+#: Pixel sizes accepted, in um per pixel: from 0.01 nm (beyond any electron microscope) to 1 cm (beyond any
+#: microscopy). Outside it a size is a unit mistake, and would overflow or divide by zero in the morphometrics.
+PLAUSIBLE_PIXEL_SIZE_UM = (1e-5, 1e4)
+
+
 def check_pixel_size(pixel_size_um) -> float:
-    """Return the pixel size as a positive finite float, or raise ``ValueError`` saying what is wrong."""
+    """Return the pixel size as a positive finite float within :data:`PLAUSIBLE_PIXEL_SIZE_UM`, or raise
+    ``ValueError`` saying what is wrong (and, for an implausible size, the range accepted)."""
     if pixel_size_um is None:
         raise ValueError("pixel size is missing: give it in micrometres (um per pixel)")
     try:
         value = float(pixel_size_um)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"pixel size must be a number in um, got {pixel_size_um!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"pixel size must be a positive number of um, got {pixel_size_um!r}")
+    low, high = PLAUSIBLE_PIXEL_SIZE_UM
+    if not low <= value <= high:
+        raise ValueError(f"pixel size {value:g} um is implausible: accepted are {low:g} to {high:g} um per pixel "
+                         f"(is the unit right?)")
     return value
 
 
@@ -176,7 +186,10 @@ def pixel_size_from_ome_zarr(path: str | os.PathLike) -> float | None:
     if not math.isclose(sizes["y"], sizes["x"], rel_tol=1e-9):
         raise ValueError(f"{path}: anisotropic OME-Zarr pixels ({sizes['y']:g} um in y, {sizes['x']:g} um in x) are "
                          f"not supported")
-    return check_pixel_size(sizes["x"])
+    try:
+        return check_pixel_size(sizes["x"])
+    except ValueError as error:
+        raise ValueError(f"{path}: OME-Zarr metadata: {error}") from None
 
 
 def find_pixel_size(image_path: str | os.PathLike, pixel_size_um: float | None = None) -> tuple[float, str]:

@@ -161,17 +161,29 @@ class SlideSource:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_source(key: str) -> SlideSource:
+def _cached_source(key: str, version: tuple = ()) -> SlideSource:
     return SlideSource(key)
 
 
+def _file_version(path: Path) -> tuple:
+    """Size and modification time of a file (a Zarr store: of its folder), so that a slide rewritten in place is
+    opened afresh rather than read through a handle on the old file."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return ()
+    return int(stat.st_size) if path.is_file() else 0, int(stat.st_mtime_ns)
+
+
 def open_slide(source) -> SlideSource:
-    """A :class:`SlideSource`, opened once per process for paths (Dask tasks call this for every block)."""
+    """A :class:`SlideSource`, opened once per process for paths (Dask tasks call this for every block), and again
+    when the file's size or modification time changed."""
     if isinstance(source, SlideSource):
         return source
     if isinstance(source, np.ndarray):
         return SlideSource(source)
-    return _cached_source(str(Path(source).resolve()))
+    path = Path(source).resolve()
+    return _cached_source(str(path), _file_version(path))
 
 
 class LabelSlide:

@@ -1,6 +1,9 @@
 """Command-line registration for ``nnunet-ext morphometrics`` (parsers only; work happens in the handler)."""
 from __future__ import annotations
 
+#: A single label TIFF above this many pixels goes the chunked way by default (segment's threshold for slides).
+LARGE_IMAGE_PIXELS = 2**25
+
 
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -39,10 +42,28 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--drop-invalid", action="store_true",
                         help="filter: drop axons whose g-ratio is invalid (NaN, <= 0 or >= 1)")
     parser.add_argument("--no-qc", action="store_true", help="skip the QC overlay PNGs")
+    post = parser.add_argument_group(
+        "post-processing of predictions", "clean the masks before measuring (nnunet_ext.morphometrics.postprocess): "
+        "fill axon holes, remove axons below an area and axons without a myelin ring; defaults set on ads_sem's "
+        "manual masks, which they leave intact, and measured on ASTIH's SEM1 test subject by "
+        "benchmarks/bench_real_sem.py")
+    post.add_argument("--postprocess", action="store_true", help="apply the post-processing (default options below)")
+    post.add_argument("--pp-min-axon-area", type=float, default=None, metavar="UM2",
+                      help="remove axons smaller than this (default 0.1 um^2; 0 keeps all)")
+    post.add_argument("--pp-min-myelin-coverage", type=float, default=None, metavar="FRACTION",
+                      help="remove axons whose outer boundary is less than this fraction myelin (default 0.5; 0 "
+                           "keeps all)")
+    post.add_argument("--pp-no-fill-holes", action="store_true", help="do not fill holes in axons")
+    post.add_argument("--pp-drop-orphan-myelin", action="store_true",
+                      help="also remove myelin components left without an axon")
     slide = parser.add_argument_group(
         "whole slides", "a label image larger than memory (Zarr, OME-Zarr, tiled TIFF) is measured chunk by chunk "
-        "through Dask; used for *.zarr inputs or whenever --chunk-size is given")
+        "through Dask; used for *.zarr inputs, a label TIFF above --max-image-pixels, or whenever --chunk-size is "
+        "given")
     slide.add_argument("--chunk-size", type=int, default=None, help="chunk core size in px (default 2048)")
+    slide.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                       help=f"a single label TIFF above this many pixels is measured chunk by chunk (default "
+                            f"2^25 = {LARGE_IMAGE_PIXELS}, as segment; same CSVs, a tenth of the memory)")
     slide.add_argument("--halo", type=int, default=None,
                        help="margin read around each chunk, px (default 256); fibres reaching it are reported")
     slide.add_argument("--scheduler", default=None, help="dask.distributed scheduler address (default: threads)")
@@ -63,8 +84,14 @@ def register_cli(subparsers) -> None:
 
 
 def _run(args) -> int:
+    from pathlib import Path
+
     from nnunet_ext.morphometrics.measure_files import discover_inputs, run_morphometrics, run_slide
 
+    source, output = Path(args.input), Path(args.output)
+    if source.is_dir() and not source.name.lower().endswith(".zarr") and output.resolve() == source.resolve():
+        raise ValueError(f"-o {args.output}: the output folder is the input folder {args.input}; its CSVs and QC "
+                         f"PNGs would be read as inputs by the next run: choose another output folder")
     if args.mtneuro:
         return _run_mtneuro(args)
     # defaults of axon morphometrics; None in the parser so that --mtneuro can tell which options were given
@@ -76,7 +103,9 @@ def _run(args) -> int:
     tile_um = args.tile_size if args.tile_unit == "um" else None
     if args.tile_unit == "px" and args.tile_size != int(args.tile_size):
         raise ValueError(f"--tile-size {args.tile_size} px must be a whole number")
-    if args.chunk_size is not None or args.input.rstrip("/").lower().endswith(".zarr"):
+    if args.chunk_size is not None or args.input.rstrip("/").lower().endswith(".zarr") or _large_tiff(args):
+        if args.postprocess:
+            raise ValueError("--postprocess is not available for whole slides (measured chunk by chunk)")
         summary = run_slide(
             args.input, args.output, args.pixel_size, chunk_size=args.chunk_size or 2048, halo=args.halo,
             axon_shape=args.axon_shape, myelin_label=args.myelin_label, axon_label=args.axon_label,
@@ -89,12 +118,56 @@ def _run(args) -> int:
         raise ValueError("--image-name names a whole slide (*.zarr or --chunk-size); images are named after their "
                          "files")
     inputs = discover_inputs(args.input, args.pixel_size, args.label_suffix, args.image_dir)
+    postprocess = postprocess_options(args)
     summary = run_morphometrics(
         inputs, args.output, axon_shape=args.axon_shape, myelin_label=args.myelin_label,
         axon_label=args.axon_label, roi=args.roi, min_axon_area_um2=args.min_axon_area,
         drop_border=args.drop_border, drop_invalid=args.drop_invalid, maps=args.maps, tile_size_px=tile_px,
-        tile_size_um=tile_um, qc=not args.no_qc, overwrite=args.overwrite)
+        tile_size_um=tile_um, qc=not args.no_qc, overwrite=args.overwrite, postprocess=postprocess)
     return _report(summary, args.output)
+
+
+def postprocess_options(args) -> dict | None:
+    """Options of ``postprocess_masks`` from ``--postprocess`` and its ``--pp-*`` options (None without it)."""
+    given = [args.pp_min_axon_area is not None, args.pp_min_myelin_coverage is not None, args.pp_no_fill_holes,
+             args.pp_drop_orphan_myelin]
+    if not args.postprocess:
+        if any(given):
+            raise ValueError("--pp-* options set the post-processing; add --postprocess to apply it")
+        return None
+    from nnunet_ext.morphometrics.postprocess import DEFAULT_POSTPROCESS
+
+    options = dict(DEFAULT_POSTPROCESS)
+    if args.pp_min_axon_area is not None:
+        options["min_axon_area_um2"] = args.pp_min_axon_area
+    if args.pp_min_myelin_coverage is not None:
+        options["min_myelin_coverage"] = args.pp_min_myelin_coverage
+    if args.pp_no_fill_holes:
+        options["fill_holes"] = False
+    if args.pp_drop_orphan_myelin:
+        options["drop_orphan_myelin"] = True
+    return options
+
+
+def _large_tiff(args) -> bool:
+    """A single label TIFF (not an ADS axon/myelin mask pair) too large to measure comfortably in one piece (a
+    20000^2 TIFF took 6.1 GB in memory against 0.6 GB chunked, with the same CSVs)."""
+    import re
+    from pathlib import Path
+
+    source = Path(args.input)
+    if not (source.is_file() and source.name.lower().endswith((".tif", ".tiff"))) or args.image_dir is not None \
+            or re.search(r"_seg-(axon|myelin)", source.name):
+        return False
+    from nnunet_ext.io.images import image_shape
+
+    height, width = image_shape(source)
+    limit = LARGE_IMAGE_PIXELS if args.max_image_pixels is None else args.max_image_pixels
+    if height * width <= limit:
+        return False
+    print(f"{source}: {height}x{width} pixels, above {limit}: measured chunk by chunk (--chunk-size "
+          f"{args.chunk_size or 2048})")
+    return True
 
 
 def _run_mtneuro(args) -> int:
@@ -103,7 +176,8 @@ def _run_mtneuro(args) -> int:
     # every option of axon morphometrics and whole slides: none of them means anything for MTNeuro maps
     axon_only = ("--axon-shape", "--myelin-label", "--label-suffix", "--image-dir", "--roi", "--maps", "--tile-size",
                  "--tile-unit", "--min-axon-area", "--drop-border", "--drop-invalid", "--no-qc", "--chunk-size",
-                 "--halo", "--scheduler", "--workers", "--image-name")
+                 "--halo", "--scheduler", "--workers", "--image-name", "--max-image-pixels", "--postprocess",
+                 "--pp-min-axon-area", "--pp-min-myelin-coverage", "--pp-no-fill-holes", "--pp-drop-orphan-myelin")
     refused = [flag for flag in axon_only if getattr(args, flag[2:].replace("-", "_")) not in (None, False)]
     if refused:
         raise ValueError(f"{', '.join(refused)}: not available with --mtneuro")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nnunet_ext.io.bids import labels_from_axonmyelin
 from nnunet_ext.io.images import read_image_2d
 from nnunet_ext.io.pixel_size import check_pixel_size
 from nnunet_ext.io.slides import Block, block_grid, dask_client, open_label_slide, run_block_tasks
@@ -94,6 +95,25 @@ class SlideResult:
     pixel_counts: tuple | None = None
 
 
+def checked_label_values(label: np.ndarray, myelin_label: int, axon_label: int, source, core=None) -> np.ndarray:
+    """A chunk's label values, checked as a whole label image's are (``load_masks``): values other than 0 and the
+    two labels are refused, naming the slide and the values, instead of being counted as background; an AxonDeepSeg
+    0/127/255 chunk read with the default labels (1 myelin, 2 axon) becomes 0/1/2, as ``read_label_image`` does."""
+    if label.dtype in (np.uint8, np.uint16):
+        values = np.flatnonzero(np.bincount(label.ravel(), minlength=1)).tolist()
+    else:
+        values = np.unique(label).tolist()
+    unknown = set(values) - {0, myelin_label, axon_label}
+    if not unknown:
+        return label
+    if (myelin_label, axon_label) == (1, 2) and set(values) <= {0, 127, 255}:
+        return labels_from_axonmyelin(label)
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "label slide"
+    where = "" if core is None else f" in chunk y {core[0]}:{core[1]}, x {core[2]}:{core[3]}"
+    raise ValueError(f"{name}: unexpected label values {sorted(unknown)[:8]}{where} (expected 0, {myelin_label} "
+                     f"myelin, {axon_label} axon; see --myelin-label and --axon-label)")
+
+
 def measure_chunk(source, core, halo, pixel_size, axon_shape, myelin_label, axon_label, tile, step,
                   roi_source=None, roi_scale=1, roi_name="ROI mask"):
     """Measure one chunk core with its halo; returns the owned rows and the core's pixel counts.
@@ -104,7 +124,7 @@ def measure_chunk(source, core, halo, pixel_size, axon_shape, myelin_label, axon
     height, width = array.shape
     y0, y1, x0, x1 = core
     ry0, ry1, rx0, rx1 = Block(*core).grown(halo, (height, width))
-    label = np.asarray(array[ry0:ry1, rx0:rx1])
+    label = checked_label_values(np.asarray(array[ry0:ry1, rx0:rx1]), myelin_label, axon_label, source, core)
     axon, myelin = masks_from_label_image(label, myelin_label, axon_label)
     table, first = measure_axons(axon, myelin, pixel_size, axon_shape, threads=1)
     rows = np.floor(table["y0 (px)"].to_numpy()).astype(np.int64) + ry0

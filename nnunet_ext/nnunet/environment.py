@@ -58,11 +58,15 @@ def check_environment(need_folders: bool = False, env: dict | None = None) -> No
         problems.append(
             "nnUNet_extTrainer does not list nnunet-ext's trainer folder, so 'nnUNetv2_train ... -tr <nnunet-ext "
             "trainer>' and 'nnUNetv2_predict' cannot find our trainers")
-    if need_folders:
-        problems += [f"{name} is not set" for name in NNUNET_FOLDER_VARIABLES if not env.get(name)]
+    missing_folders = [name for name in NNUNET_FOLDER_VARIABLES if need_folders and not env.get(name)]
+    problems += [f"{name} is not set" for name in missing_folders]
     if problems:
+        # plain 'nnunet-ext env' sets only nnUNet_extTrainer: missing folders need --base (or exports of their own)
+        fix = "eval \"$(nnunet-ext env --base DIR)\"" if missing_folders else "eval \"$(nnunet-ext env)\""
+        where = ("\nwhere DIR is the (existing) folder to hold nnUNet_raw, nnUNet_preprocessed and nnUNet_results "
+                 "(or export those three yourself)" if missing_folders else "")
         raise EnvironmentNotReady(
-            "; ".join(problems) + ".\nFix it in this shell with:\n    eval \"$(nnunet-ext env)\"\n"
+            "; ".join(problems) + f".\nFix it in this shell with:\n    {fix}{where}\n"
             "(add that line to ~/.bashrc to make it permanent; 'nnunet-ext env --help' for options)")
 
 
@@ -81,7 +85,7 @@ def register_cli(subparsers) -> None:
         "there (keeping folders you already listed).")
     parser.add_argument("--base", metavar="DIR",
                         help="also set nnUNet_raw, nnUNet_preprocessed and nnUNet_results to sub-folders of DIR "
-                             "(created)")
+                             "(created, and DIR too if its parent exists; what was created is said on stderr)")
     parser.add_argument("--check", action="store_true",
                         help="do not print exports; exit 1 with an explanation if the current environment would "
                              "not find our trainers or lacks nnU-Net's folders")
@@ -97,5 +101,17 @@ def _run_cli(args) -> int:
             return 1
         print("nnU-Net environment is ready: our trainers are found and nnU-Net's folders are set.")
         return 0
+    created = []
+    if args.base is not None:
+        base = Path(args.base).expanduser().resolve()
+        if not base.is_dir():
+            if base.exists():
+                raise ValueError(f"--base {args.base}: {base} exists but is not a folder")
+            if not base.parent.is_dir():  # a typo would otherwise silently create a whole tree
+                raise ValueError(f"--base {args.base}: its parent folder {base.parent} does not exist; create it "
+                                 f"first or correct the path (nothing was created)")
+        created = [base / name for name in ("", *NNUNET_FOLDER_VARIABLES) if not (base / name).exists()]
     print(export_lines(args.base))
+    for folder in created:  # on stderr: stdout is meant for eval
+        print(f"nnunet-ext env: created {folder}", file=sys.stderr)
     return 0

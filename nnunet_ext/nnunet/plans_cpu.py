@@ -69,7 +69,12 @@ def derive_plans(dataset: str | int, target_plans: str, edit: Callable[[str, dic
                                 f"(nnUNetv2_plan_and_preprocess -d {dataset} --no_pp)")
     if target_file.exists() and not overwrite:
         raise FileExistsError(f"{target_file} exists; pass overwrite=True (--overwrite) to replace it")
-    plans = json.loads(source_file.read_text())
+    try:
+        plans = json.loads(source_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{source_file}: not valid JSON ({error}); plan the dataset again with nnU-Net") from None
+    if not isinstance(plans, dict) or not isinstance(plans.get("configurations"), dict):
+        raise ValueError(f"{source_file}: not nnU-Net plans (no 'configurations' object)")
     missing = [c for c in configurations if c not in plans["configurations"]]
     if missing:
         raise ValueError(f"{source_file}: no configuration {missing}; it has {sorted(plans['configurations'])}")
@@ -188,6 +193,26 @@ def write_cpu_plans(dataset: str | int, configuration: str = "2d", patch_size: S
         patch_size = default_cpu_patch_size(configuration)
     return derive_plans(dataset, target_plans, small_unet_edit(patch_size, features_per_stage, batch_size),
                         [configuration], source_plans=source_plans, overwrite=overwrite)
+
+
+#: Plans variant sized for real SEM on a CPU (``benchmarks/bench_real_sem.py``): 256x256 patches hold a few
+#: large axons with their neighbours at 0.07-0.18 um/px (ads_sem's axons are 1-10 um wide: up to ~140 px), a 5-stage
+#: U-Net (receptive field beyond 140 px) with 16-256 features, batch 4: twice the pixels of the demo's batch per step.
+SEM_PLANS_NAME = "nnUNetPlans_cpu_sem"
+SEM_FEATURES_PER_STAGE = (16, 32, 64, 128, 256)
+SEM_BATCH_SIZE = 4
+SEM_PATCH_SIZE_2D = (256, 256)
+
+
+def write_sem_plans(dataset: str | int, configuration: str = "2d", source_plans: str = "nnUNetPlans",
+                    overwrite: bool = False) -> Path:
+    """Write the real-SEM CPU plans variant ``nnUNetPlans_cpu_sem`` (see :data:`SEM_PLANS_NAME`).
+
+    Target spacing stays nnU-Net's (native pixels for PNG images, as AxonDeepSeg's generalist model); only the network,
+    patch and batch change.
+    """
+    return write_cpu_plans(dataset, configuration, SEM_PATCH_SIZE_2D, SEM_FEATURES_PER_STAGE, SEM_BATCH_SIZE,
+                           source_plans=source_plans, target_plans=SEM_PLANS_NAME, overwrite=overwrite)
 
 
 def register_cli(subparsers) -> None:

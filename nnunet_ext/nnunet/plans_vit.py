@@ -145,7 +145,10 @@ def _source_data_identifiers(dataset: str | int, source_plans: str) -> dict[str,
     source_file = preprocessed_dataset_folder(dataset) / f"{source_plans}.json"
     if not source_file.is_file():  # derive_plans says what to run
         return {}
-    plans = PlansManager(json.loads(source_file.read_text()))
+    try:
+        plans = PlansManager(json.loads(source_file.read_text()))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{source_file}: not valid JSON ({error}); plan the dataset again with nnU-Net") from None
     return {name: plans.get_configuration(name).data_identifier for name in plans.available_configurations}
 
 

@@ -28,7 +28,10 @@ def register_cli(subparsers) -> None:
     model.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (faster)")
     model.add_argument("--save-probabilities", action="store_true",
                        help="also write class probabilities (<stem>.npz, or 'probabilities' in the slide's Zarr)")
-    model.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    model.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default: OMP_NUM_THREADS if set, else the cores not already busy: "
+                            "available cores minus the 1-minute load average, at least 1; whole slides share them "
+                            "among --workers)")
     slides = parser.add_argument_group("whole slides")
     slides.add_argument("--max-image-pixels", type=int, default=None,
                         help="images above this many pixels are predicted block by block (default 2^25)")
@@ -48,15 +51,27 @@ def register_cli(subparsers) -> None:
                          help="pixel size in um (default: BIDS sidecar, <stem>.json or pixel_size_in_micrometer.txt)")
     measure.add_argument("--axon-shape", choices=("circle", "ellipse"), default="circle",
                          help="axon diameter as equivalent circle or ellipse minor axis, as AxonDeepSeg")
+    measure.add_argument("--postprocess", action="store_true",
+                         help="post-process the predicted masks before the morphometrics (fill axon holes, remove "
+                              "axons below 0.1 um^2 and axons without a myelin ring: nnunet-ext morphometrics "
+                              "--postprocess's defaults); the written masks stay as predicted")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--continue", dest="continue_existing", action="store_true",
                         help="skip inputs whose outputs already exist (interrupted slides resume in any case)")
     parser.set_defaults(func=_run)
 
 
+def _postprocess_options(enabled: bool) -> dict | None:
+    if not enabled:
+        return None
+    from nnunet_ext.morphometrics.postprocess import DEFAULT_POSTPROCESS
+
+    return dict(DEFAULT_POSTPROCESS)
+
+
 def _run(args) -> int:
     from nnunet_ext.segmentation.segment_files import DEFAULT_MAX_IMAGE_PIXELS, discover_segmentation_inputs, segment_inputs
-    from nnunet_ext.segmentation.predictor import ModelSpec, resolve_model_folder
+    from nnunet_ext.segmentation.predictor import ModelSpec, default_cpu_threads, resolve_model_folder
 
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
@@ -68,12 +83,26 @@ def _run(args) -> int:
     inputs = discover_segmentation_inputs(args.input, args.pixel_size, args.max_image_pixels or
                                           DEFAULT_MAX_IMAGE_PIXELS)
     slides = sum(item.slide for item in inputs)
+    if args.postprocess and not args.morphometrics:
+        raise ValueError("--postprocess applies to the morphometrics: add --morphometrics")
+    if args.postprocess and slides:
+        raise ValueError("--postprocess is not available for whole slides (measured chunk by chunk); segment them "
+                         "without it")
     print(f"nnunet-ext segment: {len(inputs) - slides} image(s), {slides} slide(s); model {model_folder} "
           f"(folds {', '.join(folds)}, {args.checkpoint}) on {args.device}")
-    summary = segment_inputs(inputs, args.output, spec, save_probabilities=args.save_probabilities,
-                             overwrite=args.overwrite, continue_existing=args.continue_existing,
-                             block_size=args.block_size, scheduler=args.scheduler, workers=args.workers,
-                             morphometrics=args.morphometrics, axon_shape=args.axon_shape)
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if args.threads is None:  # not torch's one thread per core: that oversubscribes a busy machine
+        torch.set_num_threads(default_cpu_threads())
+    try:
+        summary = segment_inputs(inputs, args.output, spec, save_probabilities=args.save_probabilities,
+                                 overwrite=args.overwrite, continue_existing=args.continue_existing,
+                                 block_size=args.block_size, scheduler=args.scheduler, workers=args.workers,
+                                 morphometrics=args.morphometrics, axon_shape=args.axon_shape,
+                                 postprocess=_postprocess_options(args.postprocess))
+    finally:
+        torch.set_num_threads(threads_before)
     _print_summary(summary)
     return 0
 

@@ -9,6 +9,7 @@ Images that fit in memory are predicted in one piece by nnU-Net's own pipeline a
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -149,7 +150,8 @@ def write_ads_masks(labels: np.ndarray, folder: Path, name: str, myelin_value: i
 def segment_inputs(inputs: list[SegmentationInput], out_dir: str | os.PathLike, spec: ModelSpec,
                    save_probabilities: bool = False, overwrite: bool = False, continue_existing: bool = False,
                    block_size: int = DEFAULT_BLOCK_SIZE, scheduler=None, workers: int | None = None,
-                   morphometrics: bool = False, axon_shape: str = "circle", progress: bool = True) -> dict:
+                   morphometrics: bool = False, axon_shape: str = "circle", progress: bool = True,
+                   postprocess: dict | None = None) -> dict:
     """Segment every input into ``out_dir``; returns a summary dict (``records``, ``morphometrics``, totals).
 
     Existing outputs are an error unless ``overwrite`` (replace them) or ``continue_existing`` (skip inputs whose
@@ -180,23 +182,32 @@ def segment_inputs(inputs: list[SegmentationInput], out_dir: str | os.PathLike, 
                              f"--pixel-size, a BIDS sidecar, <stem>.json or pixel_size_in_micrometer.txt")
     records = []
     started = time.perf_counter()
-    for item in tqdm(inputs, desc="segment", unit="image", disable=not progress or len(inputs) < 2):
-        planned = item.planned_outputs(out_dir, save_probabilities)
-        if continue_existing and not overwrite and all(p.exists() for p in planned):
-            records.append(SegmentationRecord(item.name, item.shape, 0.0, planned, item.slide, skipped=True))
-            continue
-        folder = out_dir / item.out_subdir
-        folder.mkdir(parents=True, exist_ok=True)
-        if item.slide:
-            records.append(_segment_slide_input(item, folder, spec, labels_map, values, save_probabilities,
-                                                overwrite, block_size, scheduler, workers, progress))
-        else:
-            records.append(_segment_image_input(item, folder, predictor, labels_map, values, save_probabilities))
+    created: list[Path] = []  # folders this run made, removed again if a failure leaves them empty
+    try:
+        for item in tqdm(inputs, desc="segment", unit="image", disable=not progress or len(inputs) < 2):
+            planned = item.planned_outputs(out_dir, save_probabilities)
+            if continue_existing and not overwrite and all(p.exists() for p in planned):
+                records.append(SegmentationRecord(item.name, item.shape, 0.0, planned, item.slide, skipped=True))
+                continue
+            folder = out_dir / item.out_subdir
+            created += [d for d in (folder, *folder.parents) if not d.exists() and d not in created]
+            folder.mkdir(parents=True, exist_ok=True)
+            if item.slide:
+                records.append(_segment_slide_input(item, folder, spec, labels_map, values, save_probabilities,
+                                                    overwrite, block_size, scheduler, workers, progress))
+            else:
+                records.append(_segment_image_input(item, folder, predictor, labels_map, values,
+                                                    save_probabilities))
+    except BaseException:
+        for folder in sorted(created, key=lambda d: len(d.parts), reverse=True):  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: finished outputs (and a slide's .partial) stay
+        raise
     summary = {"records": records, "seconds": time.perf_counter() - started, "morphometrics": None,
                "output": out_dir}
     if morphometrics:
         summary["morphometrics"] = _run_morphometrics(inputs, out_dir, values, axon_shape, overwrite or
-                                                      continue_existing, scheduler, workers)
+                                                      continue_existing, scheduler, workers, postprocess)
     return summary
 
 
@@ -232,7 +243,8 @@ def _segment_slide_input(item, folder, spec, labels_map, values, save_probabilit
     output = folder / f"{item.name}_seg.zarr"
     result = segment_slide(source, output, spec, block_size=block_size, save_probabilities=save_probabilities,
                            scheduler=scheduler, workers=workers, pixel_size_um=item.pixel_size_um,
-                           overwrite=overwrite, progress=progress)
+                           overwrite=overwrite, progress=progress,
+                           source_file=None if isinstance(source, Path) else item.path)
     outputs = [output]
     labels = read_labels(output)
     if values is not None:
@@ -241,7 +253,8 @@ def _segment_slide_input(item, folder, spec, labels_map, values, save_probabilit
                               blocks=result.blocks, blocks_resumed=result.blocks_skipped)
 
 
-def _run_morphometrics(inputs, out_dir: Path, values, axon_shape, overwrite, scheduler, workers) -> dict:
+def _run_morphometrics(inputs, out_dir: Path, values, axon_shape, overwrite, scheduler, workers,
+                       postprocess: dict | None = None) -> dict:
     """Chain the morphometrics batch API: images together, each slide on its own (block-wise)."""
     myelin_value, axon_value = values
     target = out_dir / MORPHOMETRICS_FOLDER
@@ -251,7 +264,7 @@ def _run_morphometrics(inputs, out_dir: Path, values, axon_shape, overwrite, sch
               for item in inputs if not item.slide]
     if images:
         results["images"] = run_morphometrics(images, target, axon_shape=axon_shape, myelin_label=myelin_value,
-                                              axon_label=axon_value, overwrite=overwrite)
+                                              axon_label=axon_value, overwrite=overwrite, postprocess=postprocess)
     for item in inputs:
         if item.slide:
             results[item.name] = run_slide(item.label_path(out_dir), target / item.name, item.pixel_size_um,

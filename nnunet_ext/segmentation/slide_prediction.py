@@ -16,9 +16,10 @@ and (4) taking the arg-max. Here:
    ensembling) runs over exactly those tiles, in nnU-Net's order. Every core pixel thus receives the same patch
    predictions, summed in the same order, as in a one-piece run, and gets the same label.
 3. Each task writes its core to the chunked Zarr output (labels, and class probabilities on request) and then
-   drops a marker file. A killed run leaves ``<output>.partial``; the next run with the same settings skips the
-   blocks with markers. Only a complete output is renamed to its final name, with metadata recording the model,
-   folds, checkpoint, package versions and the normalisation statistics.
+   drops a marker file. A killed run leaves ``<output>.partial``; the next run with the same settings and the same
+   input (:func:`content_fingerprint`: sampled windows, size and modification time) skips the blocks with markers; a
+   changed input is refused unless ``overwrite``. Only a complete output is renamed to its final name, with
+   metadata recording the model, folds, checkpoint, package versions and the normalisation statistics.
 
 Memory is bounded by the blocks in flight, not by the slide: measured about 25 bytes per core pixel of each block
 in flight (some 0.85 GB above the loaded model with the default 4096-pixel blocks and two threads), mostly nnU-Net's
@@ -171,16 +172,60 @@ class SlideResult:
         return self.shape[0] * self.shape[1] * done / 1e6 / max(self.seconds, 1e-9)
 
 
-def _fingerprint(info: dict, source_name: str, shape, block_size: int, save_probabilities: bool) -> dict:
-    return {"model_folder": info["model_folder"], "folds": info["folds"], "checkpoint": info["checkpoint"],
-            "checkpoint_files": info["checkpoint_files"], "tile_step_size": info["tile_step_size"],
-            "use_mirroring": info["use_mirroring"], "source": source_name, "shape": list(shape),
-            "block_size": block_size, "save_probabilities": save_probabilities}
+def _fingerprint(info: dict, source_name: str, shape, block_size: int, save_probabilities: bool,
+                 content: dict | None = None) -> dict:
+    fingerprint = {"model_folder": info["model_folder"], "folds": info["folds"], "checkpoint": info["checkpoint"],
+                   "checkpoint_files": info["checkpoint_files"], "tile_step_size": info["tile_step_size"],
+                   "use_mirroring": info["use_mirroring"], "source": source_name, "shape": list(shape),
+                   "block_size": block_size, "save_probabilities": save_probabilities}
+    if content is not None:
+        fingerprint["content"] = content
+    return fingerprint
+
+
+#: Windows (a grid of CONTENT_SAMPLES x CONTENT_SAMPLES, each CONTENT_WINDOW pixels square) hashed for the content
+#: fingerprint of a slide: a few chunk reads whatever the slide's size.
+CONTENT_SAMPLES = 4
+CONTENT_WINDOW = 256
+_ZARR_METADATA = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
+
+
+def content_fingerprint(slide: SlideSource, source=None) -> dict:
+    """A fingerprint of a slide's content that is cheap for a gigapixel slide: the SHA-256 of a sparse grid of
+    windows (:data:`CONTENT_SAMPLES` squared windows of :data:`CONTENT_WINDOW` pixels, corners included) and, for a
+    file or store, its modification metadata (a file's size and modification time; a Zarr store's folder and
+    metadata files' modification times). A resumed run must see the same fingerprint: a slide changed in place would
+    otherwise get blocks of both versions and the old normalisation statistics."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    height, width = slide.shape
+    window_y, window_x = min(CONTENT_WINDOW, height), min(CONTENT_WINDOW, width)
+    starts_y = sorted({int(v) for v in np.linspace(0, height - window_y, CONTENT_SAMPLES)})
+    starts_x = sorted({int(v) for v in np.linspace(0, width - window_x, CONTENT_SAMPLES)})
+    for y0 in starts_y:
+        for x0 in starts_x:
+            digest.update(np.ascontiguousarray(slide.read(y0, y0 + window_y, x0, x0 + window_x)).tobytes())
+    fingerprint = {"sampled_sha256": digest.hexdigest(), "windows": len(starts_y) * len(starts_x)}
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_file():
+            stat = path.stat()
+            fingerprint.update(size=int(stat.st_size), mtime_ns=int(stat.st_mtime_ns))
+        elif path.is_dir():  # the group's and its arrays' (OME levels') metadata: no listing of the chunks
+            times = {".": int(path.stat().st_mtime_ns)}
+            for folder in (path, *(sub for sub in path.iterdir() if sub.is_dir())):
+                for name in _ZARR_METADATA:
+                    if (folder / name).is_file():
+                        times[str((folder / name).relative_to(path))] = int((folder / name).stat().st_mtime_ns)
+            fingerprint["mtime_ns"] = dict(sorted(times.items()))
+    return fingerprint
 
 
 def segment_slide(source, output: str | os.PathLike, spec: ModelSpec, block_size: int = DEFAULT_BLOCK_SIZE,
                   save_probabilities: bool = False, scheduler=None, workers: int | None = None,
-                  pixel_size_um: float | None = None, overwrite: bool = False, progress: bool = True) -> SlideResult:
+                  pixel_size_um: float | None = None, overwrite: bool = False, progress: bool = True,
+                  source_file: str | os.PathLike | None = None) -> SlideResult:
     """Segment a slide block by block into a chunked Zarr label image, resumably.
 
     Parameters
@@ -210,7 +255,11 @@ def segment_slide(source, output: str | os.PathLike, spec: ModelSpec, block_size
     pixel_size_um : float, optional
         Recorded in the OME-Zarr metadata.
     overwrite : bool
-        Replace an existing output and discard an interrupted one.
+        Replace an existing output and discard an interrupted one. Without it, an interrupted run is resumed only
+        if the source's :func:`content_fingerprint` is unchanged.
+    source_file : path, optional
+        The file an in-memory ``source`` was read from (e.g. a large PNG): named in messages, and its size and
+        modification time go into the content fingerprint.
 
     Returns
     -------
@@ -237,7 +286,10 @@ def segment_slide(source, output: str | os.PathLike, spec: ModelSpec, block_size
     check_slide_preprocessing(predictor, slide.name)
     info = model_info(predictor, spec).as_dict()
     patch = tuple(int(p) for p in predictor.configuration_manager.patch_size)
-    fingerprint = _fingerprint(info, slide.name, slide.shape, block_size, save_probabilities)
+    is_path = isinstance(source, (str, os.PathLike))
+    fingerprint = _fingerprint(info, slide.name, slide.shape, block_size, save_probabilities,
+                               content_fingerprint(slide, source if is_path else source_file))
+    source_label = str(source_file) if source_file is not None and not is_path else slide.name
     grid = block_grid(slide.shape, block_size)
     output.parent.mkdir(parents=True, exist_ok=True)
     import torch
@@ -251,7 +303,7 @@ def segment_slide(source, output: str | os.PathLike, spec: ModelSpec, block_size
             run = functools.partial(run_block_tasks, client=client, workers=workers or 2, progress=progress)
             statistics_started = time.perf_counter()
             if partial.exists():
-                statistics = _resume_statistics(partial, fingerprint)
+                statistics = _resume_statistics(partial, fingerprint, source_label)
             else:
                 statistics = combine_statistics(run(block_statistics, [(task_source, core) for core in grid],
                                                     description="statistics"), slide.shape)
@@ -312,13 +364,21 @@ def _cuda_devices() -> int:
     return torch.cuda.device_count()
 
 
-def _resume_statistics(partial: Path, fingerprint: dict) -> SlideStatistics:
+def _resume_statistics(partial: Path, fingerprint: dict, source_label: str | None = None) -> SlideStatistics:
     """The statistics of an interrupted run, after checking it was started with the same settings."""
     import zarr
 
     recorded = dict(zarr.open_group(str(partial), mode="r").attrs.get(METADATA_KEY, {}))
     if recorded.get("run") != fingerprint:
         differing = sorted(k for k in fingerprint if recorded.get("run", {}).get(k) != fingerprint[k])
+        if differing == ["content"]:
+            was = recorded.get("run", {}).get("content") or {}
+            now = fingerprint["content"]
+            what = [k for k in ("sampled_sha256", "size", "mtime_ns") if was.get(k) != now.get(k)]
+            raise ValueError(f"{source_label or fingerprint['source']}: the input changed since the interrupted run "
+                             f"{partial} began (its content fingerprint differs: {', '.join(what) or 'none recorded'}); "
+                             f"resuming would mix blocks of both versions and reuse the old normalisation statistics: "
+                             f"use --overwrite to start over")
         raise ValueError(f"{partial}: an interrupted run with other settings ({', '.join(differing)}); delete it or "
                          f"use --overwrite to start over")
     return SlideStatistics(**recorded["statistics"])
