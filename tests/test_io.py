@@ -170,3 +170,16 @@ def test_one_opener_for_label_and_image_slides(tmp_path):
     assert axes == "yx" and np.array_equal(np.asarray(array), labels[0, 0])
     with pytest.raises(FileNotFoundError, match="missing.zarr"):
         open_label_slide(tmp_path / "missing.zarr")
+
+
+def test_outputs_get_the_permissions_of_ordinary_files(tmp_path):
+    """mkstemp/mkdtemp make 0600/0700 entries; what the user receives is as readable as any file they write."""
+    old = os.umask(0o022)
+    try:
+        atomic.write_text_atomically(tmp_path / "a.txt", "x")
+        with atomic.staging_folder(tmp_path / "out") as staging:
+            (staging / "b.txt").write_text("y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755

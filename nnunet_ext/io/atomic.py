@@ -34,6 +34,18 @@ __all__ = [
 STAGING_MARK = ".incomplete-"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(path: Path, folder: bool) -> None:
+    """Give a file or folder made by ``mkstemp``/``mkdtemp`` (0600/0700) the permissions a plain ``open``/``mkdir``
+    would have given it, so outputs are as readable as any other file the user writes."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 def _refuse_existing(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; use --overwrite to replace it")
@@ -54,6 +66,7 @@ def atomic_output_path(path: str | os.PathLike, overwrite: bool = True, suffix: 
     temporary = Path(temporary)
     try:
         yield temporary
+        _default_mode(temporary, folder=False)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -98,6 +111,7 @@ def save_figure(figure, path: str | os.PathLike, overwrite: bool = True, **savef
 def replace_folder(staging: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Move the finished ``staging`` folder to ``out_dir``; a previous ``out_dir`` is kept until the move succeeded."""
     staging, out_dir = Path(staging), Path(out_dir)
+    _default_mode(staging, folder=True)  # mkdtemp made it 0700
     previous = None
     if out_dir.exists():
         previous = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}")
@@ -186,6 +200,8 @@ def publish_files(staging: str | os.PathLike, out_dir: str | os.PathLike) -> lis
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for produced in sorted(staging.iterdir()):
+        if produced.is_file():
+            _default_mode(produced, folder=False)  # a writer may have used mkstemp too
         os.replace(produced, out_dir / produced.name)
         written.append(out_dir / produced.name)
     return written
