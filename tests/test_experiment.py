@@ -359,3 +359,23 @@ def test_evaluate_only_on_written_predictions(nnunet_folders, tmp_path, capsys):
     shutil.rmtree(out / "predictions" / "SEM1" / "SEM2")
     assert main(["experiment", "--evaluate-only", "-o", str(out), "--overwrite"]) == 1
     assert (out / "ood.csv").exists()  # a failed evaluation leaves the previous results in place
+
+
+def test_sources_with_fixed_folds_refuse_folds_they_do_not_have(nnunet_folders):
+    """AxonCallosumEM and MTNeuro fix one fold (their region split); nnU-Net would silently train any other fold on
+    a random 80:20 split, mixing the regions."""
+    raw, pre, res = nnunet_folders
+    rng = np.random.default_rng(0)
+    with NnUNetRawWriter(raw, 17, "Regions", LABELS) as writer:
+        for i, split in enumerate(["train"] * 4 + ["validation"] * 2 + ["test"] * 2):
+            label = np.zeros((16, 16), np.uint8)
+            label[2:10, 2:10], label[4:8, 4:8] = 1, 2
+            writer.add_case(rng.integers(0, 255, (16, 16)).astype(np.uint8), label, split=split,
+                            subject=f"r{i}", modality="SEM", pixel_size_um=0.1)
+        writer.finish()
+    with pytest.raises(ValueError, match=r"Dataset017_Regions fixes 1 fold\(s\) .*fold\(s\) 1, 2, 3, 4 .*train -f 0"):
+        prepare_experiment([11, 17], raw, pre, res, 20, nnunet=NnUNetSettings(), progress=False)
+    assert not (raw / "Dataset020_FULL_AGG").exists()  # refused before anything was aggregated
+    design = prepare_experiment([11, 17], raw, pre, res, 20, nnunet=NnUNetSettings(folds=(0,)), aggregate_folds=2,
+                                progress=False)
+    assert design.nnunet.folds == (0,)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nnunet_ext.dataset_conversion.aggregate_datasets import aggregate_datasets, resolve_dataset
-from nnunet_ext.dataset_conversion.nnunet_raw import dataset_folder_name, read_manifest
+from nnunet_ext.dataset_conversion.nnunet_raw import SPLITS_FILE, dataset_folder_name, read_manifest
 from nnunet_ext.nnunet.plans_cpu import CPU_PLANS_NAME
 
 PAIRINGS = ("source", "image")
@@ -280,6 +280,8 @@ def prepare_experiment(sources: Sequence[str | int | os.PathLike], raw_root: str
     for fold in nnunet.folds:
         if fold != "all" and fold >= aggregate_folds:
             raise ValueError(f"fold {fold} does not exist with {aggregate_folds} aggregate folds (--aggregate-folds)")
+    for folder in training:
+        _check_fixed_folds(folder, nnunet.folds)
     aggregate_folder = raw_root / dataset_folder_name(aggregate_id, aggregate_name)
     if aggregate_folder in folders:
         raise ValueError(f"{aggregate_folder.name} is one of the sources; choose another --aggregate-id or name")
@@ -306,6 +308,32 @@ def prepare_experiment(sources: Sequence[str | int | os.PathLike], raw_root: str
                                                                       for m in modality_of[f].split("+") if m})))
     return ExperimentDesign(source_entries, held_out_entries, aggregate_entry, str(raw_root), str(preprocessed_root),
                             str(results_root), nnunet, pairing, alternative, command)
+
+
+def fixed_folds(folder: Path) -> int | None:
+    """How many folds a converted dataset fixes in its ``splits_final.json`` (AxonCallosumEM's and MTNeuro's region
+    splits: one), or None when nnU-Net makes its own five."""
+    splits_file = folder / SPLITS_FILE
+    if not splits_file.is_file():
+        return None
+    try:
+        return len(json.loads(splits_file.read_text()))
+    except (json.JSONDecodeError, TypeError) as error:
+        raise ValueError(f"{splits_file}: not a valid splits file ({error})") from None
+
+
+def _check_fixed_folds(folder: Path, folds: Sequence) -> None:
+    """Refuse folds a source does not have: for fold >= the folds in its splits_final.json, nnU-Net silently falls
+    back to a random 80:20 split, which would mix the regions the source keeps apart (genu and body tiles)."""
+    n_fixed = fixed_folds(folder)
+    if n_fixed is None:
+        return
+    missing = [f for f in folds if f == "all" or f >= n_fixed]
+    if missing:
+        have = " ".join(str(i) for i in range(n_fixed))
+        raise ValueError(f"{folder.name} fixes {n_fixed} fold(s) in {folder / SPLITS_FILE} (fold {have}), so fold(s) "
+                         f"{', '.join(map(str, missing))} would be nnU-Net's random 80:20 split instead of the "
+                         f"source's own; train -f {have} (the generalist too: every model trains the same folds)")
 
 
 def _group_by_arguments(group_by) -> list[str]:
