@@ -27,6 +27,9 @@ from torch.optim.lr_scheduler import _LRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
+from nnunet_ext.networks.pretrained import checkpoint_path_from_env, load_pretrained_encoder
+from nnunet_ext.nnunet.plans_vit import check_vit_configuration
+
 
 class WarmupCosineLRScheduler(_LRScheduler):
     """Linear warm-up to ``initial_lr`` over ``warmup_steps``, then cosine decay to 0 at ``max_steps``.
@@ -92,8 +95,6 @@ class nnUNetTrainerViT(nnUNetTrainer):
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True):
-        from nnunet_ext.nnunet.plans_vit import check_vit_configuration
-
         check_vit_configuration(configuration_manager, cls.__name__, cls.backbone_families, cls.spatial_dims)
         return get_network_from_plans(
             configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
@@ -104,8 +105,6 @@ class nnUNetTrainerViT(nnUNetTrainer):
         super().initialize()
         if self.checkpoint_variable is None:
             return
-        from nnunet_ext.networks.pretrained import checkpoint_path_from_env, load_pretrained_encoder
-
         if self.resuming and any(os.path.isfile(os.path.join(self.output_folder, f"checkpoint_{kind}.pth"))
                                  for kind in ("final", "latest", "best")):
             self.print_to_log_file("continuing a training: encoder weights come from its checkpoint, "
@@ -124,7 +123,9 @@ class nnUNetTrainerViT(nnUNetTrainer):
         self.print_to_log_file(str(report))
 
     def _plain_network(self):
-        network = self.network.module if self.is_ddp else self.network
+        # by type, not self.is_ddp: the network is wrapped in DDP only at the end of nnU-Net's initialize
+        network = self.network.module if isinstance(self.network, torch.nn.parallel.DistributedDataParallel) \
+            else self.network
         return getattr(network, "_orig_mod", network)  # torch.compile wrapper
 
     def _patch_embedding(self) -> torch.Tensor:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import distributed as dist
 from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
@@ -52,8 +53,12 @@ class nnUNetTrainerVCVRL(nnUNetTrainer):
 
     # -- network access -------------------------------------------------------------------------------------------
     def _plain_network(self) -> torch.nn.Module:
-        """``self.network`` without its DDP and ``torch.compile`` wrappers (as nnU-Net unwraps it)."""
-        module = self.network.module if self.is_ddp else self.network
+        """``self.network`` without its DDP and ``torch.compile`` wrappers (as nnU-Net unwraps it).
+
+        By type, not by ``self.is_ddp``: nnU-Net calls ``configure_optimizers`` (which needs the encoder) before it
+        wraps the network in DDP.
+        """
+        module = self.network.module if isinstance(self.network, DistributedDataParallel) else self.network
         return module._orig_mod if isinstance(module, OptimizedModule) else module
 
     def _encoder(self) -> torch.nn.Module:
@@ -87,6 +92,7 @@ class nnUNetTrainerVCVRL(nnUNetTrainer):
         # torch.compile wrappers, and the encoder runs once. It keeps no state of its own that torch.compile would
         # have to guard on (no on/off switch), so one compiled graph serves training and validation.
         self._encoder().register_forward_hook(self._keep_encoder_output)
+        self._broadcast_vcvrl_state()
 
     def configure_optimizers(self):
         if self.vcvrl_loss is None:
@@ -123,6 +129,8 @@ class nnUNetTrainerVCVRL(nnUNetTrainer):
 
         self.optimizer.zero_grad(set_to_none=True)
         self._encoder_features = None
+        # mixed precision exactly as nnU-Net's train_step: autocast (its default dtype, float16) on CUDA only, and
+        # nnU-Net's GradScaler below
         with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             output = self.network(data)
             segmentation_loss = self.loss(output, target)
@@ -130,7 +138,8 @@ class nnUNetTrainerVCVRL(nnUNetTrainer):
         if features is None:
             raise RuntimeError("the encoder's forward hook did not run: the network must call its 'encoder' "
                                "submodule in forward")
-        # float32 and no autocast: pool means sum many voxels, and cosines of half-precision vectors are coarse
+        # float32 and no autocast: pool means sum many voxels, and cosines of half-precision vectors are coarse (the
+        # loss also ensures this itself, see VoxelSimSiamLoss.forward)
         with torch.autocast(self.device.type, enabled=False) if self.device.type == "cuda" else dummy_context():
             with torch.no_grad():
                 pools = self._pools(output, target)
@@ -154,19 +163,45 @@ class nnUNetTrainerVCVRL(nnUNetTrainer):
         return {"loss": segmentation_loss.detach().cpu().numpy(),
                 "similarity_loss": similarity_loss.detach().cpu().numpy()}
 
-    def _average_head_gradients(self) -> None:
-        """DDP averages the network's gradients; the heads are outside it, so average theirs here."""
+    # -- DDP (nnUNetv2_train -num_gpus N) -------------------------------------------------------------------------
+    # nnU-Net wraps only self.network in DistributedDataParallel, which starts every worker from rank 0's weights and
+    # averages the network's gradients in backward. The heads and descriptors live outside it, so the same is done
+    # for them here: rank 0's initial state is broadcast, the heads' gradients averaged after backward (before the
+    # grad scaler unscales and the gradients are clipped, as DDP's are), and descriptors and the heads' BatchNorm
+    # statistics averaged after each step / epoch, so that every worker holds the same VCV-RL state and rank 0's
+    # checkpoint is everyone's. Pools and anchors stay per worker (each worker's share of the batch).
+    def _broadcast_vcvrl_state(self) -> None:
+        """Every DDP worker starts from rank 0's heads, descriptors and iteration counter."""
         if not self.is_ddp:
             return
-        world_size = dist.get_world_size()
-        for parameter in self.vcvrl_loss.parameters():
-            if parameter.grad is None:
+        for tensor in list(self.vcvrl_loss.parameters()) + list(self.vcvrl_loss.buffers()):
+            if tensor.dtype == torch.bool:  # not every back end broadcasts bool tensors
+                as_bytes = tensor.data.to(torch.uint8)
+                dist.broadcast(as_bytes, src=0)
+                tensor.data.copy_(as_bytes.bool())
+            else:
+                dist.broadcast(tensor.data, src=0)
+
+    def _average_head_gradients(self) -> None:
+        """DDP averages the network's gradients; the heads are outside it, so average theirs here (one all-reduce)."""
+        if not self.is_ddp:
+            return
+        parameters = list(self.vcvrl_loss.parameters())
+        for parameter in parameters:
+            if parameter.grad is None:  # a worker whose share of the batch had no pool to compare
                 parameter.grad = torch.zeros_like(parameter)
-            dist.all_reduce(parameter.grad)
-            parameter.grad /= world_size
+        flat = torch.cat([parameter.grad.reshape(-1) for parameter in parameters])
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        for parameter, averaged in zip(parameters, flat.split([p.numel() for p in parameters])):
+            parameter.grad.copy_(averaged.view_as(parameter.grad))
 
     def _average_descriptors(self) -> None:
-        """Keep descriptors identical on all DDP workers (each sees its share of the batch)."""
+        """Keep descriptors identical on all DDP workers (each sees its share of the batch).
+
+        A pool's descriptor becomes the mean over the workers that have one; workers that have not seen the pool
+        yet do not count.
+        """
         if not self.is_ddp:
             return
         descriptors = self.vcvrl_loss.descriptors
@@ -177,12 +212,26 @@ class nnUNetTrainerVCVRL(nnUNetTrainer):
         descriptors.values.copy_(summed / seen.clamp(min=1)[:, None])
         descriptors.initialised.copy_(seen > 0)
 
+    def _average_head_statistics(self) -> None:
+        """Average the heads' BatchNorm running statistics over DDP workers (training uses batch statistics; the
+        running ones are only saved, and should be the same whichever worker saves)."""
+        if not self.is_ddp:
+            return
+        for module in self.vcvrl_loss.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+                for buffer in (module.running_mean, module.running_var):
+                    dist.all_reduce(buffer)
+                    buffer /= dist.get_world_size()
+                if module.num_batches_tracked is not None:
+                    dist.all_reduce(module.num_batches_tracked, op=dist.ReduceOp.MAX)
+
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         self.vcvrl_loss.train()
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
+        self._average_head_statistics()
         losses = collate_outputs(train_outputs)["similarity_loss"]
         if self.is_ddp:
             gathered = [None] * dist.get_world_size()

@@ -14,6 +14,7 @@ interpolation (:func:`pooled_embedding_means`). No full-resolution d-channel ten
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from dataclasses import asdict, dataclass
@@ -81,6 +82,21 @@ class VCVRLConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def float32_context(device: torch.device | str):
+    """A context in which autocast is off on ``device``: operations run in their inputs' precision (float32 here).
+
+    Only where autocast is on (CUDA or CPU autocast, float16 or bfloat16); elsewhere a null context, because some
+    back ends (MPS in older torch) refuse even ``torch.autocast(..., enabled=False)``.
+    """
+    device_type = torch.device(device).type
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        enabled = torch.is_autocast_enabled() if device_type == "cuda" else \
+            device_type == "cpu" and torch.is_autocast_cpu_enabled()
+    return torch.autocast(device_type, enabled=False) if enabled else contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -418,6 +434,18 @@ class VoxelSimSiamLoss(nn.Module):
 
     def forward(self, features: torch.Tensor, pools: VoxelPools,
                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """``L_SIM`` of one batch, always computed in float32.
+
+        Under mixed precision (``torch.autocast``, float16 or bfloat16) the encoder's features arrive in half
+        precision; they are cast to float32 and autocast is switched off here, so pool means (sums over many voxels),
+        the heads and the cosines run in float32 whatever context the caller is in. Gradients flow back into the
+        half-precision features as usual.
+        """
+        with float32_context(features.device):
+            return self._forward(features.float(), pools, generator)
+
+    def _forward(self, features: torch.Tensor, pools: VoxelPools,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         members, correct = pools
         if members.shape[0] != self.num_pools:
             raise ValueError(f"expected {self.num_pools} pools, got {members.shape[0]}")
