@@ -10,7 +10,14 @@ virtual environment; never a project dependency) is timed on the same masks in a
 
     python benchmarks/bench_morphometrics.py [--replica] [--stages] [--repeats 5] [--ads-python /path/to/ads/python]
 
-Takes about 15 s with the defaults on an idle 2-core machine (plus about a minute with --replica).
+End to end (``--end-to-end``, implied by ``--ads-python``), as users run it, whole processes, default options (QC
+overlays on): ``nnunet-ext morphometrics`` on the ten ads_sem images and on 20 phantom images of 600 x 600
+(``nnunet-ext phantoms``), against ``axondeepseg_morphometrics`` (the CLI beside ``--ads-python``) on the same
+masks in the same run, with the ratios; the cold start (an empty ``NUMBA_CACHE_DIR``) against the warm run; and a
+4-megapixel phantom of large touching fibres against one of small separate fibres (in process and as processes).
+
+Takes about 15 s with the defaults on an idle 2-core machine (plus about a minute with --replica, and about two
+minutes for the end-to-end part with AxonDeepSeg).
 """
 from __future__ import annotations
 
@@ -101,6 +108,180 @@ def stage_times(axon, myelin, repeats) -> dict:
     return times
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# End to end, as processes
+
+
+def run_process(command, cwd=None, env=None) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system of the process and its children) of one command; raises on failure."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, command))} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def best_process(command, repeats, prepare=None, **kwargs) -> tuple[float, float]:
+    """Best wall (and the CPU of that run) of ``repeats`` runs; ``prepare()`` before each (not timed)."""
+    runs = []
+    for _ in range(max(1, repeats)):
+        if prepare is not None:
+            prepare()
+        runs.append(run_process(command, **kwargs))
+    return min(runs)
+
+
+def nnunet_ext_command() -> list[str]:
+    return [sys.executable, "-m", "nnunet_ext.cli"]
+
+
+def stage_for_ads(items, folder: Path, one_folder: bool) -> list[Path]:
+    """Copy each input's image and masks into AxonDeepSeg's layout (``<stem>.png`` + ``_seg-axon/-myelin/
+    -axonmyelin.png``, ``pixel_size_in_micrometer.txt``): one folder for all (one pixel size) or one per image."""
+    import shutil
+
+    from PIL import Image
+
+    folders = []
+    for item in items:
+        target = folder if one_folder else folder / item.name
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(item.image_path, target / f"{item.name}.png")
+        shutil.copy(item.axon_path, target / f"{item.name}_seg-axon.png")
+        shutil.copy(item.myelin_path, target / f"{item.name}_seg-myelin.png")
+        axonmyelin = Path(str(item.axon_path).replace("_seg-axon", "_seg-axonmyelin"))
+        if axonmyelin.is_file():  # ADS's index overlay opens it with Pillow and wants mode L (some are grey+alpha)
+            Image.open(axonmyelin).convert("L").save(target / f"{item.name}_seg-axonmyelin.png")
+        else:  # ADS's CLI wants it for its index overlay
+            axon = np.asarray(Image.open(item.axon_path).convert("L")) > 0
+            myelin = np.asarray(Image.open(item.myelin_path).convert("L")) > 0
+            Image.fromarray(np.where(axon, 255, np.where(myelin, 127, 0)).astype(np.uint8)).save(
+                target / f"{item.name}_seg-axonmyelin.png")
+        (target / "pixel_size_in_micrometer.txt").write_text(f"{item.pixel_size_um}")
+        if target not in folders:
+            folders.append(target)
+    return folders
+
+
+def ads_cli(ads_python: str) -> list[str]:
+    cli = Path(ads_python).parent / "axondeepseg_morphometrics"
+    if cli.is_file():
+        return [str(cli)]
+    return [ads_python, "-m", "AxonDeepSeg.morphometrics.launch_morphometrics_computation"]
+
+
+def make_phantoms(folder: Path, *options) -> Path:
+    run_process(nnunet_ext_command() + ["phantoms", str(folder), *map(str, options)])
+    return folder
+
+
+def end_to_end(args, work: Path) -> dict:
+    """The end-to-end figures; prints them and returns them."""
+    import shutil
+
+    from nnunet_ext.morphometrics.kernels import using_aot
+
+    results = {}
+    kernels = "compiled ahead of time" if using_aot() else "numba JIT (cached)"
+    print(f"\nEnd to end, as processes (default options, QC on); our kernels: {kernels}; load average "
+          f"{os.getloadavg()[0]:.1f}; best of {args.e2e_repeats} (ours) and {args.ads_repeats} (AxonDeepSeg)")
+    jit_env = {**os.environ, "NNUNET_EXT_JIT_KERNELS": "1"}
+    phantoms = make_phantoms(work / "phantoms20", "--contrasts", "TEM", "--subjects", 10, "--samples-per-subject", 2,
+                             "--size", 600, 600, "--seed", 14)
+    flat = work / "phantoms20_flat"
+    stage_for_ads(discover_inputs(phantoms), flat, one_folder=True)  # the same files for both tools
+    sets = {"ads_sem (10 images)": (DATA / "ads_sem", discover_inputs(DATA / "ads_sem"), False),
+            "phantoms (20 x 600^2)": (flat, discover_inputs(flat), True)}
+    for label, (source, items, one_folder) in sets.items():
+        out = work / "out"
+
+        def clean():
+            shutil.rmtree(out, ignore_errors=True)
+
+        ours = nnunet_ext_command() + ["morphometrics", str(source), "-o", str(out)]
+        clean()
+        run_process(ours)  # compiles / loads the kernels once
+        warm = best_process(ours, args.e2e_repeats, prepare=clean)
+        no_qc = best_process(ours + ["--no-qc"], args.e2e_repeats, prepare=clean)
+        jit = best_process(ours, args.e2e_repeats, prepare=clean, env=jit_env) if using_aot() else warm
+        line = (f"  {label:22s} ours {warm[0]:5.2f} s wall {warm[1]:5.2f} s CPU (--no-qc {no_qc[0]:.2f} s; JIT "
+                f"kernels {jit[0]:.2f} s)")
+        results[label] = {"ours": warm, "ours_no_qc": no_qc, "ours_jit": jit}
+        if args.ads_python:
+            staged = work / "ads_staged"
+
+            def stage():
+                shutil.rmtree(staged, ignore_errors=True)
+                stage_for_ads(items, staged, one_folder)
+
+            stage()
+            folders = [staged] if one_folder else sorted(p for p in staged.iterdir() if p.is_dir())
+            ads = best_process(ads_cli(args.ads_python) + ["-i", *map(str, folders)], args.ads_repeats,
+                               prepare=stage, cwd=work)
+            results[label]["ads"] = ads
+            line += (f"; AxonDeepSeg {ads[0]:5.2f} s wall {ads[1]:5.2f} s CPU: {ads[0] / warm[0]:4.1f}x wall, "
+                     f"{ads[1] / warm[1]:4.1f}x CPU (JIT kernels {ads[0] / jit[0]:.1f}x wall; target >= 10x)")
+        print(line)
+    # cold start: an empty numba cache, as on a fresh install
+    cache = work / "numba_cache"
+    colds, warms = [], []
+    for _ in range(args.cold_repeats):
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir()
+        env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+        ours = nnunet_ext_command() + ["morphometrics", str(flat), "-o", str(work / "out")]
+        shutil.rmtree(work / "out", ignore_errors=True)
+        colds.append(run_process(ours, env=env))
+        shutil.rmtree(work / "out", ignore_errors=True)
+        warms.append(run_process(ours, env=env))
+    cold, warm = min(colds), min(warms)
+    results["cold"] = {"cold": cold, "warm": warm}
+    print(f"  cold start (empty NUMBA_CACHE_DIR), phantoms: {cold[0]:.2f} s wall ({cold[1]:.2f} s CPU) against "
+          f"{warm[0]:.2f} s warm: {cold[0] - warm[0]:+.2f} s (target < 3 s; kernels: {kernels})")
+    if using_aot():  # what a fresh install without the ahead-of-time build pays, and what that build costs
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir()
+        env = {**jit_env, "NUMBA_CACHE_DIR": str(cache)}
+        shutil.rmtree(work / "out", ignore_errors=True)
+        jit_cold = run_process(ours, env=env)
+        shutil.rmtree(work / "out", ignore_errors=True)
+        jit_warm = run_process(ours, env=env)
+        build = run_process([sys.executable, "-m", "nnunet_ext.morphometrics.compile_kernels", "--output-dir",
+                             str(work)])
+        results["cold_jit"] = {"cold": jit_cold, "warm": jit_warm, "aot_build": build}
+        print(f"  without the ahead-of-time kernels (NNUNET_EXT_JIT_KERNELS=1): cold {jit_cold[0]:.2f} s wall "
+              f"({jit_cold[1]:.2f} s CPU), warm {jit_warm[0]:.2f} s: {jit_cold[0] - jit_warm[0]:+.2f} s; building "
+              f"them (python -m nnunet_ext.morphometrics.compile_kernels, once at install): {build[0]:.1f} s wall "
+              f"({build[1]:.1f} s CPU)")
+    # cost follows pixels: large touching fibres against small separate ones, 4 megapixels each
+    touching = make_phantoms(work / "touching", "--contrasts", "TEM", "--subjects", 1, "--samples-per-subject", 1,
+                             "--size", 2000, 2000, "--touching", 1.0, "--density", 0.8, "--axon-diameter", 8, 20,
+                             "--seed", 2)
+    separate = make_phantoms(work / "separate", "--contrasts", "TEM", "--subjects", 1, "--samples-per-subject", 1,
+                             "--size", 2000, 2000, "--touching", 0, "--axon-diameter", 0.5, 1.5, "--seed", 3)
+    timings = {}
+    for label, root in (("touching", touching), ("separate", separate)):
+        item = discover_inputs(root)[0]
+        axon, myelin = load_masks(item)
+        wall, cpu, table = best_time(lambda: axon_morphometrics(axon, myelin, item.pixel_size_um,
+                                                                threads=args.threads), max(args.repeats, 7))
+        out = work / "out"
+        process = best_process(nnunet_ext_command() + ["morphometrics", str(root), "-o", str(out)],
+                               args.e2e_repeats, prepare=lambda: shutil.rmtree(out, ignore_errors=True))
+        timings[label] = (wall, cpu, process[0], len(table))
+    (tw, tc, tp, tn), (sw, sc, sp, sn) = timings["touching"], timings["separate"]
+    results["layout"] = timings
+    print(f"  4 MP, large touching fibres ({tn} axons) against small separate ones ({sn}): in process {tw:.3f} s / "
+          f"{sw:.3f} s = {tw / sw:.2f}x wall ({tc / sc:.2f}x CPU); as processes {tp:.2f} s / {sp:.2f} s = "
+          f"{tp / sp:.2f}x (target <= 1.5x)")
+    return results
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -108,6 +289,12 @@ def main(argv=None) -> int:
     parser.add_argument("--ads-python", default=None, help="python of a virtual environment with axondeepseg")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stages", action="store_true", help="also print the CPU time of every stage")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="also time the CLI as processes (implied by --ads-python)")
+    parser.add_argument("--e2e-repeats", type=int, default=3, help="runs of our CLI per figure (best is kept)")
+    parser.add_argument("--ads-repeats", type=int, default=1, help="runs of AxonDeepSeg's CLI per figure")
+    parser.add_argument("--cold-repeats", type=int, default=2, help="cold/warm pairs for the cold start")
+    parser.add_argument("--work", default=None, help="folder for the generated data (default: a temporary one)")
     args = parser.parse_args(argv)
     root = DATA / "ads_sem"
     if not root.is_dir():
@@ -166,6 +353,16 @@ def main(argv=None) -> int:
         ads = json.loads(result.stdout.strip().splitlines()[-1])
         print(f"AxonDeepSeg measured now: sub-rat5 {ads[rat5.name]:.2f} s ({ads[rat5.name] / rat5_wall:.1f}x), all "
               f"ten {sum(ads.values()):.2f} s ({sum(ads.values()) / totals['ours']:.1f}x)")
+    if args.end_to_end or args.ads_python:
+        import tempfile
+
+        if args.work:
+            Path(args.work).mkdir(parents=True, exist_ok=True)
+            end_to_end(args, Path(args.work))
+        else:
+            with tempfile.TemporaryDirectory(prefix="bench_morphometrics_") as work:
+                end_to_end(args, Path(work))
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -121,7 +121,7 @@ def test_aggregate_equals_axondeepseg_figures(demo_masks):
     assert result["mean_myelin_thickness (um)"] == pytest.approx(per_axon["myelin_thickness (um)"].mean())
     assert result["invalid_gratio_count"] == 0 and result["invalid_gratio_fraction"] == 0
     # ADS's estimate: mean fibre diameter = mean axon diameter / aggregate g-ratio
-    assert result["mean_myelin_diam_ads (um)"] == pytest.approx(result["mean_axon_diam (um)"]
+    assert result["mean_myelin_diam_est (um)"] == pytest.approx(result["mean_axon_diam (um)"]
                                                                 / result["gratio_aggregate"])
     # computing the per-axon table inside gives the same result
     assert aggregate_morphometrics(axon, myelin, 0.07)["axon_count"] == 298

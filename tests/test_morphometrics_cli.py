@@ -122,7 +122,7 @@ def test_bids_dataset(tmp_path):
     assert run(root, "-o", out) == 0
     row = pd.read_csv(out / "aggregate_morphometrics.csv").iloc[0]
     assert row["image"] == "sub-01_sample-a_SEM" and row["pixel_size_um"] == pytest.approx(0.08)
-    assert row["pixel_size_source"] == "BIDS sidecar"
+    assert row["pixel_size_source"] == f"BIDS sidecar {root / 'sub-01' / 'micr' / 'sub-01_sample-a_SEM.json'}"
     axon, myelin = masks_from_label_image(label)
     assert row["axon_count"] == len(axon_morphometrics(axon, myelin, 0.08))
     assert (out / "sub-01_sample-a_SEM_qc.png").is_file()

@@ -286,7 +286,7 @@ def test_run_slide_filters_equal_in_memory(slide, tmp_path, roi_kind):
     expected = aggregate_morphometrics(axon, myelin, 0.1, per_axon=kept, roi_mask=roi_mask)
     unfiltered = aggregate_morphometrics(axon, myelin, 0.1, per_axon=per_axon, roi_mask=roi_mask)
     # the test means something: the filters move the ADS estimates the slide path used to leave unfiltered
-    assert expected["mean_myelin_diam_ads (um)"] != pytest.approx(unfiltered["mean_myelin_diam_ads (um)"])
+    assert expected["mean_myelin_diam_est (um)"] != pytest.approx(unfiltered["mean_myelin_diam_est (um)"])
     summary = run_slide(path, tmp_path / "out", 0.1, chunk_size=64, halo=48, qc=False, roi=roi, **filters)
     ours = summary["aggregates"][0]
     written = pd.read_csv(tmp_path / "out" / "aggregate_morphometrics.csv", keep_default_na=False).iloc[0]

@@ -24,6 +24,8 @@ _EXPORTS = {
     "masks_from_label_image": "axon",
     "AGGREGATE_KEYS": "aggregate_metrics",
     "aggregate_morphometrics": "aggregate_metrics",
+    "DEFAULT_POSTPROCESS": "postprocess",
+    "postprocess_masks": "postprocess",
 }
 
 __all__ = sorted(_EXPORTS)

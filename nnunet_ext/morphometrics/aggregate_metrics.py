@@ -14,8 +14,55 @@ AGGREGATE_KEYS = [
     "image", "area (mm^2)", "axon_count", "axon_density (per mm^2)", "avf", "mvf", "gratio_aggregate",
     "mean_axon_diam (um)", "std_axon_diam (um)", "mean_myelin_thickness (um)", "std_myelin_thickness (um)",
     "mean_gratio", "std_gratio", "invalid_gratio_count", "invalid_gratio_fraction", "border_touching_count",
-    "mean_myelin_diam_ads (um)", "mean_myelin_thickness_ads (um)", "note",
+    "mean_myelin_diam_est (um)", "mean_myelin_thickness_est (um)", "note",
 ]
+# The *_est keys are AxonDeepSeg's estimator (mean myelin diameter = mean axon diameter / aggregate g-ratio) applied
+# to our axons: 8-connected, after any filter. They were named *_ads until AxonDeepSeg's own aggregate figures were
+# found to differ: its get_aggregate_morphometrics measures the axon mask alone, so its axons (count, density, mean
+# diameter) are the 4-connected components; ads_aggregate_morphometrics() gives those figures as it computes them.
+
+
+def ads_axon_diameters(axon: np.ndarray, pixel_size: float, axon_shape: str = "circle",
+                       roi: np.ndarray | None = None) -> np.ndarray:
+    """Diameters (um) of the axons AxonDeepSeg's aggregate counts: 4-connected components of the axon mask (those
+    whose centroid pixel is in ``roi``), equivalent-circle diameter or moment-ellipse minor axis."""
+    from scipy import ndimage as ndi
+
+    from nnunet_ext.morphometrics import kernels as _kernels
+    from nnunet_ext.morphometrics.axon import _shape_properties
+
+    labels, n = ndi.label(axon, output=np.int32)  # the default structure: 4-connectivity, as ADS without myelin
+    if n == 0:
+        return np.zeros(0)
+    count, _, sums, mu, mu_exact, mu_exact_ok, _ = _kernels.label_stats(labels, n, 0, 0)
+    if axon_shape == "circle":
+        diameters = np.sqrt(4 * count[1:] / np.pi)
+    else:
+        diameters = _shape_properties(count, mu, mu_exact, mu_exact_ok)[3][1:]
+    if roi is not None:
+        centroids = np.floor(sums[1:] / count[1:, None]).astype(np.int64)
+        diameters = diameters[roi[centroids[:, 0], centroids[:, 1]]]
+    return diameters * pixel_size
+
+
+def ads_aggregate_morphometrics(axon_mask, myelin_mask, pixel_size_um, axon_shape: str = "circle") -> dict:
+    """AxonDeepSeg 5.5's ``get_aggregate_morphometrics``, same keys and definitions: AVF and MVF (nonzero pixels of
+    each mask, so a pixel in both counts twice), ``gratio_aggr``, ``mean_axon_diam`` over the 4-connected
+    components of the axon mask, ``mean_myelin_diam`` = mean_axon_diam / gratio_aggr, ``mean_myelin_thickness``,
+    ``axon_density_mm2`` (4-connected components per mm^2). Our ``axon_count`` and means use 8-connected axons,
+    as ADS's per-axon table does; the two counts differ where axons touch only diagonally."""
+    pixel_size = check_pixel_size(pixel_size_um)
+    axon = as_binary_mask(axon_mask, "axon mask")
+    myelin = as_binary_mask(myelin_mask, "myelin mask")
+    avf = np.count_nonzero(axon) / axon.size
+    mvf = np.count_nonzero(myelin) / myelin.size
+    gratio = math.sqrt(1 / (1 + mvf / avf)) if avf else float("nan")
+    diameters = ads_axon_diameters(axon, pixel_size, axon_shape)
+    mean_axon_diam = float(np.mean(diameters)) if len(diameters) else float("nan")
+    mean_myelin_diam = mean_axon_diam / gratio
+    return {"avf": avf, "mvf": mvf, "gratio_aggr": gratio, "mean_axon_diam": mean_axon_diam,
+            "mean_myelin_diam": mean_myelin_diam, "mean_myelin_thickness": mean_myelin_diam / 2 - mean_axon_diam / 2,
+            "axon_density_mm2": len(diameters) / (axon.size * pixel_size ** 2 / 1e6)}
 
 
 def aggregate_morphometrics(axon_mask, myelin_mask, pixel_size_um, per_axon: pd.DataFrame | None = None,
@@ -48,8 +95,9 @@ def aggregate_morphometrics(axon_mask, myelin_mask, pixel_size_um, per_axon: pd.
         - ``invalid_gratio_count`` / ``invalid_gratio_fraction``: axons whose g-ratio is NaN, <= 0 or >= 1 (no
           myelin, fibre narrower than the axon, ...; see the per-axon ``note`` column);
         - ``border_touching_count``: fibres touching the image border;
-        - ``mean_myelin_diam_ads (um)`` and ``mean_myelin_thickness_ads (um)``: AxonDeepSeg's estimates from the
-          mean axon diameter and the aggregate g-ratio;
+        - ``mean_myelin_diam_est (um)`` and ``mean_myelin_thickness_est (um)``: AxonDeepSeg's estimator (mean axon
+          diameter / aggregate g-ratio) over these axons (8-connected, filtered as ``per_axon``). AxonDeepSeg's own
+          aggregate counts 4-connected axons: :func:`ads_aggregate_morphometrics` gives its figures;
         - ``note``: why a value is NaN (no axons, empty ROI, ...), empty otherwise;
         - ``image``: the ``image`` of ``per_axon`` when it has one.
     """
@@ -121,10 +169,10 @@ def aggregate_from_counts(per_axon: pd.DataFrame, area_pixels: int, axon_pixels:
         notes.append("no axon with a valid g-ratio: myelin thickness and g-ratio means undefined")
     mean_diam = mean(diam)
     if count and math.isfinite(gratio_aggregate) and gratio_aggregate > 0:
-        mean_myelin_diam_ads = mean_diam / gratio_aggregate
-        mean_thickness_ads = mean_myelin_diam_ads / 2 - mean_diam / 2
+        mean_myelin_diam_est = mean_diam / gratio_aggregate
+        mean_thickness_est = mean_myelin_diam_est / 2 - mean_diam / 2
     else:
-        mean_myelin_diam_ads = mean_thickness_ads = nan
+        mean_myelin_diam_est = mean_thickness_est = nan
     invalid = int(count - np.count_nonzero(valid))
     return {
         "area (mm^2)": area_mm2,
@@ -142,7 +190,7 @@ def aggregate_from_counts(per_axon: pd.DataFrame, area_pixels: int, axon_pixels:
         "invalid_gratio_count": invalid,
         "invalid_gratio_fraction": invalid / count if count else nan,
         "border_touching_count": int(per_axon["image_border_touching"].to_numpy(dtype=bool).sum()),
-        "mean_myelin_diam_ads (um)": mean_myelin_diam_ads,
-        "mean_myelin_thickness_ads (um)": mean_thickness_ads,
+        "mean_myelin_diam_est (um)": mean_myelin_diam_est,
+        "mean_myelin_thickness_est (um)": mean_thickness_est,
         "note": "; ".join(notes),
     }

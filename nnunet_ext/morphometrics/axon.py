@@ -15,10 +15,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
 
 from nnunet_ext.io.pixel_size import check_pixel_size
-from nnunet_ext.morphometrics import _kernels
+from nnunet_ext.morphometrics import kernels as _kernels  # ahead-of-time compiled when built, else numba's JIT
 
 AXON_SHAPES = ("circle", "ellipse")
 
@@ -37,6 +36,8 @@ COLUMNS = ["axon_id", *ADS_COLUMNS, "fiber_diam (um)", "gratio_valid", "note", "
 NOTE_NO_MYELIN = "no myelin around the axon (g-ratio 1)"
 NOTE_GRATIO_GE_1 = "fibre narrower than the axon for this axon_shape (g-ratio >= 1)"
 NOTE_RESEEDED = "centroid lies outside the axon: fibre seeded at the axon's innermost pixel (ADS: NaN or another fibre)"
+NOTE_RESEED_NEIGHBOUR = ("fibre shares its mask component with an axon re-seeded here (centroid outside itself): ADS's "
+                         "seed at that axon's centroid pixel moves this fibre's boundary, values differ from ADS")
 NOTE_ZERO_FIBRE = "fibre of zero diameter: g-ratio undefined"
 NOTE_ZERO_AXON = "axon of zero diameter for this axon_shape, e.g. a one-pixel-wide line (g-ratio 0)"
 
@@ -272,23 +273,89 @@ def measure_axons(axon_mask, myelin_mask, pixel_size_um, axon_shape: str = "circ
         raise ValueError(f"axon_shape must be one of {AXON_SHAPES}, got {axon_shape!r}")
     pixel_size = check_pixel_size(pixel_size_um)
     axon, myelin = prepare_masks(axon_mask, myelin_mask)
-    with ThreadPoolExecutor(max_workers=1) if threads > 1 else _InlineExecutor() as pool:
+    with _shared_pool() if threads > 1 else _InlineExecutor() as pool:
         # The compiled kernels release the GIL. The pool's thread finds the mask's components (they need no
         # seeds), measures the axons' perimeters and convex hulls, then the fibres' perimeters, while this thread
         # labels the axons, takes their moments, assigns the components to them and takes the fibres' moments.
-        components = pool.submit(_kernels.mask_components, axon, myelin)
-        axon_labels, n = ndi.label(axon, structure=np.ones((3, 3), dtype=bool), output=np.int32)
+        components = pool.submit(_components_and_depth, axon, myelin, threads > 1)
+        axon_labels, n = _kernels.label_axons(axon)  # scipy.ndimage.label's labels, without importing SciPy
         if n == 0:
             components.result()  # let the pool's work end before returning
             return _empty_table(image_name), np.zeros(0, np.int64)
         axons = _region_table(axon_labels, n, pool, with_convex_area=True)
         centroids = axons["sums"][1:] / axons["count"][1:, None]
-        fibres, reseeded = fibre_labels(axon, myelin, axon_labels, centroids, bbox=axons["bbox"],
-                                        components=components.result())
+        components, depth = components.result()
+        fibres, reseeded = fibre_labels(axon, myelin, axon_labels, centroids, squared_distance=depth,
+                                        bbox=axons["bbox"], components=components)
+        differs = ads_fibre_differences(axon, fibres, centroids, components, depth) if reseeded.any() else None
         fibre = _region_table(fibres, n, pool, with_convex_area=False)
         axons, fibre = _finish(axons), _finish(fibre)
-    table = _assemble_table(axons, fibre, centroids, reseeded, axon.shape, pixel_size, axon_shape, image_name)
+    table = _assemble_table(axons, fibre, centroids, reseeded, axon.shape, pixel_size, axon_shape, image_name,
+                            differs)
     return table, axons["first"][1:]
+
+
+def ads_fibre_differences(axon: np.ndarray, fibres: np.ndarray, centroids: np.ndarray,
+                          components: tuple[np.ndarray, int], squared_distance: np.ndarray | None = None
+                          ) -> np.ndarray:
+    """Which axons' fibres differ from ADS's: (n,) bool.
+
+    ADS seeds every axon at its centroid pixel, also where that pixel is not the axon's (where we re-seed). Its
+    flood is redone here with those seeds (only the components holding several seeds are flooded, as in
+    :func:`fibre_labels`); an axon's row differs when its fibre's pixels differ, or when ADS finds no fibre (or
+    another axon's) at its centroid pixel. Axons re-seeded without effect (alone in their component) and the
+    neighbours whose myelin a re-seed moves are both told apart this way.
+    """
+    n = centroids.shape[0]
+    rows = np.floor(centroids[:, 0]).astype(np.int64)
+    cols = np.floor(centroids[:, 1]).astype(np.int64)
+    flat = rows * axon.shape[1] + cols
+    order = np.argsort(flat, kind="stable")  # ADS writes seeds in axon order: the last one on a pixel wins
+    ids = np.arange(1, n + 1, dtype=np.int32)
+    depth = squared_distance if squared_distance is not None else np.zeros((0, 0), np.int32)
+    ads = _kernels.fibres_from_components(*components, axon, flat[order], ids[order], depth)
+    changed = fibres != ads
+    differs = np.zeros(n + 1, bool)
+    differs[fibres[changed]] = True
+    differs[ads[changed]] = True
+    differs = differs[1:]
+    differs |= ads[rows, cols] != ids  # ADS measures the region under the centroid pixel: none, or another's
+    return differs
+
+
+# Mean size (pixels) of the axon + myelin mask's components above which the distance map is computed at once,
+# beside the axon measurements, instead of on the windows of touching fibres afterwards.
+LARGE_COMPONENTS_PX = 4096
+
+
+def _components_and_depth(axon, myelin, speculate: bool):
+    """The mask's components and, when they are large (large touching fibres, whose windows would cover most of
+    the image), the squared distance map of the axons, so that the pool's thread computes it while the calling
+    thread labels and measures the axons, instead of the calling thread computing it on those windows afterwards
+    (see benchmarks/bench_morphometrics.py, large touching fibres)."""
+    components = _kernels.mask_components(axon, myelin)
+    depth = None
+    if speculate and components[1] and np.count_nonzero(components[0]) > LARGE_COMPONENTS_PX * components[1]:
+        depth = _kernels.squared_edt(axon)
+    return components, depth
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+class _shared_pool:
+    """The second thread of :func:`measure_axons`, started once per process and kept (starting a thread per image
+    cost 2-4 ms, a tenth of a 600 x 600 image's measurement). Callers in several threads share it: their kernels
+    queue behind each other there, none waits on another's."""
+
+    def __enter__(self):
+        global _POOL
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="morphometrics")
+        return _POOL
+
+    def __exit__(self, *exc):
+        return False
 
 
 class _InlineExecutor:
@@ -306,7 +373,8 @@ class _InlineExecutor:
         return future
 
 
-def _assemble_table(axons, fibre, centroids, reseeded, shape, pixel_size, axon_shape, image_name) -> pd.DataFrame:
+def _assemble_table(axons, fibre, centroids, reseeded, shape, pixel_size, axon_shape, image_name,
+                    differs=None) -> pd.DataFrame:
     n = centroids.shape[0]
     axon_area_px = axons["count"][1:].astype(np.float64)
     fibre_area_px = fibre["count"][1:].astype(np.float64)
@@ -331,7 +399,9 @@ def _assemble_table(axons, fibre, centroids, reseeded, shape, pixel_size, axon_s
         for i in np.flatnonzero(where):
             notes[i] = f"{notes[i]}; {text}" if notes[i] else text
 
-    add(reseeded, NOTE_RESEEDED)
+    if differs is not None:  # the note flags exactly the rows whose values differ from ADS's
+        add(reseeded & differs, NOTE_RESEEDED)
+        add(~reseeded & differs, NOTE_RESEED_NEIGHBOUR)
     no_myelin = fibre_area_px == axon_area_px
     add(no_myelin, NOTE_NO_MYELIN)
     add(~no_myelin & np.isfinite(gratio) & (gratio >= 1), NOTE_GRATIO_GE_1)

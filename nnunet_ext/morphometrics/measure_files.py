@@ -13,15 +13,17 @@ import pandas as pd
 from tqdm import tqdm
 
 from nnunet_ext.io.atomic import publish_files, scratch_folder
-from nnunet_ext.io.bids import find_bids_images, is_bids_dataset, read_label_image
+from nnunet_ext.io.bids import find_bids_images, find_sidecar, is_bids_dataset, read_label_image
 from nnunet_ext.io.images import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, read_image_2d, strip_extension
-from nnunet_ext.io.pixel_size import check_pixel_size, find_pixel_size
+from nnunet_ext.io.pixel_size import PIXEL_SIZE_FILE, PixelSizeNotFoundError, check_pixel_size, find_pixel_size
 from nnunet_ext.morphometrics.aggregate_metrics import AGGREGATE_KEYS, aggregate_from_counts, aggregate_morphometrics
 from nnunet_ext.morphometrics.axon import as_binary_mask, axon_morphometrics, masks_from_label_image, prepare_masks
 from nnunet_ext.morphometrics.maps import save_map_pngs, tile_morphometrics, tile_size_in_pixels, tiles_from_counts
 from nnunet_ext.morphometrics.qc import save_qc_overlay
 from nnunet_ext.morphometrics.slide_chunks import slide_morphometrics
 
+# AxonDeepSeg's single-file mask (mask.png of its training data): value -> class
+ADS_MASK_PNG_VALUES = {0: "background", 128: "myelin", 255: "axon"}
 # ADS-style mask names: <stem>_seg-axon[-suffix].ext and <stem>_seg-myelin[-suffix].ext
 _AXON_MASK = re.compile(r"^(?P<stem>.+)_seg-axon(?P<suffix>(-[^_.]+)?)$")
 COMBINED_CSV = "axon_morphometrics.csv"
@@ -98,8 +100,25 @@ def discover_inputs(path: str | os.PathLike, pixel_size_um: float | None = None,
             candidates = [Path(image_dir) / f"{item.name}{suffix}{ext}" for suffix in ("_0000", "")
                           for ext in IMAGE_EXTENSIONS]
             item.image_path = next((p for p in candidates if p.is_file()), None)
-        item.pixel_size_um, item.pixel_size_source = find_pixel_size(item.source, pixel_size_um)
+        item.pixel_size_um, item.pixel_size_source = _pixel_size_of(item, pixel_size_um)
     return items
+
+
+def _pixel_size_of(item: MorphometricsInput, pixel_size_um: float | None) -> tuple[float, str]:
+    """Pixel size of an input and its source (the file's path). A mask pair's sidecar is its image's,
+    ``<stem>.json`` (whether or not the image is there); the mask's own ``<stem>_seg-axon.json`` is still read."""
+    if pixel_size_um is not None or item.axon_path is None:
+        return find_pixel_size(item.source, pixel_size_um)
+    image_like = item.image_path or item.axon_path.with_name(item.name + ".png")
+    try:
+        return find_pixel_size(image_like)
+    except PixelSizeNotFoundError:
+        try:
+            return find_pixel_size(item.axon_path)
+        except PixelSizeNotFoundError:
+            raise PixelSizeNotFoundError(
+                f"{item.axon_path}: pixel size unknown: give --pixel-size, or put the image's sidecar "
+                f"{item.name}.json (BIDS 'PixelSize') or {PIXEL_SIZE_FILE} beside it") from None
 
 
 def _discover_bids(root: Path, pixel_size_um: float | None, label_suffix: str) -> list[MorphometricsInput]:
@@ -115,30 +134,56 @@ def _discover_bids(root: Path, pixel_size_um: float | None, label_suffix: str) -
         if pixel_size_um is not None:
             item.pixel_size_um, item.pixel_size_source = check_pixel_size(pixel_size_um), "option"
         elif image.pixel_size_um is not None:
-            item.pixel_size_um, item.pixel_size_source = image.pixel_size_um, "BIDS sidecar"
+            item.pixel_size_um = image.pixel_size_um
+            item.pixel_size_source = f"BIDS sidecar {find_sidecar(image.path, root)}"
         else:
-            raise ValueError(f"{image.path}: no BIDS sidecar gives its PixelSize; give --pixel-size")
+            raise ValueError(f"{image.path}: no BIDS sidecar gives its PixelSize; give --pixel-size, or add the "
+                             f"image's sidecar {image.stem}.json (or one it inherits, e.g. "
+                             f"sub-<label>_{image.modality}.json) with 'PixelSize'")
         items.append(item)
     if not items:
         raise FileNotFoundError(f"{root}: no image with '{label_suffix}' labels under derivatives/labels")
     return items
 
 
-def read_mask_file(path: Path) -> np.ndarray:
-    """A binary mask file as bool: nonzero is foreground, as AxonDeepSeg reads masks.
+def read_mask_file(path: Path, kind: str = "mask") -> np.ndarray:
+    """A binary mask file as bool: nonzero is foreground.
 
     Anti-aliased masks (values between 0 and the maximum, as in some of ADS's own manual masks) are accepted with
-    a warning saying how many pixels are neither 0 nor the maximum.
+    a warning saying how many pixels are neither 0 nor the maximum. For an axon mask (``kind="axon"``) it also
+    says how many more axons AxonDeepSeg's CLI finds there: it passes the 8-bit mask to
+    ``skimage.measure.label``, which labels each grey value's regions separately, so such pixels beside an axon
+    become axons of their own (ads_sem's sub-rat2: 364 axons there, 363 here). It takes its myelin mask (and the
+    distance map) as nonzero, as here.
     """
     array = read_image_2d(path)
     if array.dtype != np.bool_ and not np.issubdtype(array.dtype, np.integer):
         return as_binary_mask(array, str(path))  # float masks: strictly binary or an error
     high = array.max(initial=0)
-    off_nominal = int(np.count_nonzero((array != 0) & (array != high)))
+    foreground = array != 0
+    off_nominal = int(np.count_nonzero(foreground & (array != high)))
     if off_nominal:
-        warnings.warn(f"{path}: {off_nominal} pixel(s) neither 0 nor {high}; counted as foreground (nonzero), as "
-                      f"AxonDeepSeg does")
-    return array != 0
+        message = f"{path}: {off_nominal} pixel(s) neither 0 nor {high}; counted as foreground (nonzero)"
+        if kind == "axon":
+            extra = ads_extra_axons(array)
+            message += (f". AxonDeepSeg's CLI labels each grey value separately (skimage.measure.label of the "
+                        f"8-bit mask), so it counts {extra} axon(s) more in this mask; save it as 0/{high} for "
+                        f"the same axons" if extra else
+                        ", as AxonDeepSeg's CLI does here (it labels each grey value separately, which gives the "
+                        "same axons in this mask)")
+        warnings.warn(message)
+    return foreground
+
+
+def ads_extra_axons(array: np.ndarray) -> int:
+    """How many more 8-connected regions AxonDeepSeg's ``skimage.measure.label(mask, connectivity=2)`` finds in
+    an integer mask (one label per connected region of equal value) than there are nonzero components."""
+    from scipy import ndimage as ndi
+
+    structure = np.ones((3, 3), bool)
+    ours = ndi.label(array != 0, structure=structure)[1]
+    theirs = sum(ndi.label(array == value, structure=structure)[1] for value in np.unique(array) if value != 0)
+    return int(theirs - ours)
 
 
 def load_masks(item: MorphometricsInput, myelin_label: int = 1, axon_label: int = 2
@@ -146,12 +191,18 @@ def load_masks(item: MorphometricsInput, myelin_label: int = 1, axon_label: int 
     """Axon and myelin masks of one input, with errors naming its files."""
     if item.label_path is not None:
         label = read_label_image(item.label_path)
-        values = set(np.unique(label).tolist()) - {0, myelin_label, axon_label}
+        present = set(np.unique(label).tolist())
+        values = present - {0, myelin_label, axon_label}
+        if values and present <= set(ADS_MASK_PNG_VALUES) and (myelin_label, axon_label) == (1, 2):
+            # AxonDeepSeg's single-file mask (its training data's mask.png): 0 background, 128 myelin, 255 axon
+            return label == 255, label == 128
         if values:
             raise ValueError(f"{item.label_path}: unexpected label values {sorted(values)[:8]} (expected 0, "
-                             f"{myelin_label} myelin, {axon_label} axon)")
+                             f"{myelin_label} myelin, {axon_label} axon). Read as such: nnU-Net labels 0/1/2, "
+                             f"AxonDeepSeg's 0/127/255 _seg-axonmyelin and 0/128/255 mask.png; other values: "
+                             f"--myelin-label V --axon-label V")
         return masks_from_label_image(label, myelin_label, axon_label)
-    axon, myelin = read_mask_file(item.axon_path), read_mask_file(item.myelin_path)
+    axon, myelin = read_mask_file(item.axon_path, "axon"), read_mask_file(item.myelin_path, "myelin")
     if axon.shape != myelin.shape:
         raise ValueError(f"{item.axon_path} {axon.shape} and {item.myelin_path} {myelin.shape}: shapes differ")
     return axon, myelin
@@ -174,8 +225,13 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
                       myelin_label: int = 1, axon_label: int = 2, roi: str | os.PathLike | None = None,
                       min_axon_area_um2: float | None = None, drop_border: bool = False,
                       drop_invalid: bool = False, maps: bool = False, tile_size_px: int | None = None,
-                      tile_size_um: float | None = None, qc: bool = True, overwrite: bool = False) -> dict:
+                      tile_size_um: float | None = None, qc: bool = True, overwrite: bool = False,
+                      postprocess: dict | None = None) -> dict:
     """Measure every input and write the results into ``out_dir``; returns a summary dict.
+
+    ``postprocess``: options of :func:`nnunet_ext.morphometrics.postprocess.postprocess_masks` applied to each
+    image's masks before measuring (None: measured as given); the aggregate CSV's ``postprocess`` column says what
+    it changed.
 
     Files: ``<name>_axon_morphometrics.csv`` per image, ``axon_morphometrics.csv`` (all images),
     ``aggregate_morphometrics.csv`` (one row per image), ``<name>_qc.png``, and with ``maps``
@@ -195,10 +251,22 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
     roi_paths = _roi_paths(roi, inputs)
     filters = {"min_axon_area_um2": min_axon_area_um2, "drop_border": drop_border, "drop_invalid": drop_invalid}
     filter_text = ", ".join(f"{k}={v}" for k, v in filters.items() if v not in (None, False)) or "none"
-    with scratch_folder(out_dir) as tmp:
-        tables, aggregates = [], []
+    # Writing runs in a second thread (PNG decoding and encoding and file writes release the GIL), overlapping the
+    # next image's measurement: the per-image CSV (whose text is reused for the combined CSV) and the QC overlay.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with scratch_folder(out_dir) as tmp, ThreadPoolExecutor(max_workers=1) as writer:
+        tables, aggregates, jobs = [], [], []
         for item in tqdm(inputs, desc="morphometrics", unit="image", disable=len(inputs) < 2):
             axon, myelin = load_masks(item, myelin_label, axon_label)
+            postprocess_text = ""
+            if postprocess is not None:
+                from nnunet_ext.morphometrics.postprocess import postprocess_masks
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    axon, myelin, changes = postprocess_masks(axon, myelin, item.pixel_size_um, **postprocess)
+                postprocess_text = "; ".join(f"{k}={v}" for k, v in {**postprocess, **changes}.items())
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # overlaps are reported once below
                 per_axon = axon_morphometrics(axon, myelin, item.pixel_size_um, axon_shape, image_name=item.name)
@@ -214,9 +282,10 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
             aggregate.update(image=item.name, pixel_size_um=item.pixel_size_um,
                              pixel_size_source=item.pixel_size_source, axon_shape=axon_shape,
                              roi=str(roi_paths.get(item.name) or ""), filters=filter_text,
-                             axons_filtered_out=len(per_axon) - len(kept), source=str(item.source))
+                             axons_filtered_out=len(per_axon) - len(kept), source=str(item.source),
+                             postprocess=postprocess_text)
             aggregates.append(aggregate)
-            kept.to_csv(tmp / f"{item.name}_axon_morphometrics.csv", index=False, na_rep="NaN")
+            jobs.append(writer.submit(_write_csv, kept, tmp / f"{item.name}_axon_morphometrics.csv"))
             tables.append(kept)
             if maps:
                 tiles = tile_morphometrics(axon, myelin, item.pixel_size_um, tile_size_px, tile_size_um,
@@ -224,16 +293,33 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
                 tiles.to_csv(tmp / f"{item.name}_tiles.csv", index=False, na_rep="NaN")
                 save_map_pngs(tiles, tmp / item.name, item.pixel_size_um, title=item.name)
             if qc:
-                image = read_image_2d(item.image_path) if item.image_path is not None else None
-                save_qc_overlay(tmp / f"{item.name}_qc.png", axon, myelin, per_axon, item.pixel_size_um, image)
-        combined = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-        combined.to_csv(tmp / COMBINED_CSV, index=False, na_rep="NaN")
+                jobs.append(writer.submit(_write_qc, tmp / f"{item.name}_qc.png", axon, myelin, per_axon,
+                                          item.pixel_size_um, item.image_path))
+        texts = [job.result() for job in jobs]  # raises what a write raised; QC jobs give None
+        texts = [text for text in texts if text is not None]
+        if texts:  # the per-image CSVs, one header: what pd.concat(tables).to_csv() writes, without a second pass
+            header = texts[0].split("\n", 1)[0]
+            (tmp / COMBINED_CSV).write_text(header + "\n" + "".join(t.split("\n", 1)[1] for t in texts))
+        else:
+            pd.DataFrame().to_csv(tmp / COMBINED_CSV, index=False, na_rep="NaN")
         columns = ["image", "source", "pixel_size_um", "pixel_size_source", "axon_shape", "roi", "filters",
-                   "axons_filtered_out"] + [k for k in AGGREGATE_KEYS if k != "image"]
+                   "axons_filtered_out"] + [k for k in AGGREGATE_KEYS if k != "image"] + ["postprocess"]
         pd.DataFrame(aggregates, columns=columns).to_csv(tmp / AGGREGATE_CSV, index=False, na_rep="NaN")
         written = publish_files(tmp, out_dir)
     return {"images": len(inputs), "axons": int(sum(len(t) for t in tables)), "files": written,
             "aggregates": aggregates}
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> str:
+    """Write a per-axon table; return its text."""
+    text = table.to_csv(index=False, na_rep="NaN", lineterminator="\n")
+    path.write_text(text)
+    return text
+
+
+def _write_qc(path: Path, axon, myelin, per_axon, pixel_size_um, image_path) -> None:
+    image = read_image_2d(image_path) if image_path is not None else None
+    save_qc_overlay(path, axon, myelin, per_axon, pixel_size_um, image)
 
 
 def _roi_paths(roi, inputs) -> dict:
