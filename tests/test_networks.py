@@ -33,11 +33,17 @@ def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def write_original_sam_checkpoint(path, config: dict, image_size: int = 64, seed: int = 0):
-    """A tiny SAM checkpoint in segment-anything's format; returns (path, timm model with the same weights)."""
+    """A tiny SAM checkpoint in segment-anything's format; returns (path, timm model with the same weights).
+
+    The timm model uses SAM's LayerNorm eps (1e-6, segment-anything's build_sam), so it computes what SAM computes.
+    """
+    from functools import partial
+
     from timm.models.vision_transformer_sam import VisionTransformerSAM
 
     source = _randomise(VisionTransformerSAM(img_size=image_size, patch_size=16, use_rel_pos=True, neck_chans=16,
-                                             num_classes=0, **config), seed)
+                                             num_classes=0, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                                             **config), seed)
     state = {"image_encoder." + k.replace("mlp.fc", "mlp.lin"): v for k, v in source.state_dict().items()}
     state["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"] = torch.randn(2, 8)
     state["mask_decoder.iou_token.weight"] = torch.randn(1, 8)
@@ -263,10 +269,130 @@ def test_mismatched_checkpoints_are_refused(tmp_path):
         read_checkpoint(tmp_path / "junk.pth")
 
 
+def test_checkpoint_in_wrappers_loads_and_says_what_was_stripped(tmp_path, capsys):
+    """An extra ``encoder.`` prefix (and Lightning's ``state_dict`` / ``model.``) used to match nothing."""
+    _, source = write_timm_checkpoint(tmp_path / "plain.pth", TINY, image_size=64)
+    wrapped = {f"model.encoder.{k}": v for k, v in source.state_dict().items()}
+    wrapped["model.decoder.head.weight"] = torch.randn(2, 8)  # a decoder beside the encoder: skipped
+    torch.save({"state_dict": wrapped, "epoch": 3}, tmp_path / "wrapped.ckpt")
+    torch.save({f"encoder.{k}": v for k, v in source.state_dict().items()}, tmp_path / "encoder_prefix.pth")
+
+    for name, stripped in [("encoder_prefix.pth", ["'encoder.' prefix (30 keys)"]),
+                           ("wrapped.ckpt", ["'state_dict' nesting", "'model.' prefix (31 keys)",
+                                             "'encoder.' prefix (30 keys)"])]:
+        network = ViTUNETR(1, 2, (64, 64), backbone="vit_b", backbone_kwargs=TINY).eval()
+        report = load_pretrained_encoder(network, tmp_path / name)
+        assert report.unwrapped == stripped
+        assert report.loaded == sorted(network.encoder.vit.state_dict()) and report.initialised == []
+        printed = capsys.readouterr().out
+        assert f"loaded {len(report.loaded)} tensors" in printed and "stripped " + ", ".join(stripped) in printed
+        assert _same_features(network, source, torch.randn(1, 3, 64, 64)) < 1e-5
+
+    # the SAM key format behind a DDP wrapper: only module. goes, image_encoder. is SAM's own
+    path, sam = write_original_sam_checkpoint(tmp_path / "sam.pth", TINY_SAM)
+    original = torch.load(path)
+    torch.save({f"module.{k}": v for k, v in original.items()}, tmp_path / "sam_ddp.pth")
+    network = ViTUNETR(1, 2, (64, 64), backbone="sam_vit_b", backbone_kwargs=TINY_SAM).eval()
+    report = load_pretrained_encoder(network, tmp_path / "sam_ddp.pth", verbose=False)
+    assert report.source == "sam" and report.initialised == []
+    assert report.unwrapped == [f"'module.' prefix ({len(original)} keys)"]
+    assert _same_features(network, sam, torch.randn(1, 3, 64, 64)) < 1e-5
+
+
+def test_checkpoint_that_matches_nothing_is_refused_naming_keys(tmp_path):
+    network = ViTUNETR(1, 2, (64, 64), backbone="vit_b", backbone_kwargs=TINY)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    torch.save({"conv1.weight": torch.randn(8, 3, 7, 7), "layer1.0.bn1.weight": torch.randn(8),
+                "fc.weight": torch.randn(10, 8)}, tmp_path / "resnet.pth")
+    with pytest.raises(ValueError) as refused:
+        load_pretrained_encoder(network, tmp_path / "resnet.pth")
+    message = str(refused.value)
+    assert "26 of the 26 core tensors of backbone 'vit_b' (patch embedding, transformer blocks) have no match" \
+        in message
+    assert "Encoder keys without a match: patch_embed.proj.weight, patch_embed.proj.bias, blocks.0.norm1.weight" \
+        in message
+    assert "Checkpoint keys not used: conv1.weight, layer1.0.bn1.weight, fc.weight." in message
+    assert "Wrappers stripped: none" in message
+    assert all(torch.equal(v, network.state_dict()[k]) for k, v in before.items())  # refused before loading
+
+    # a wrapper the loader does not know: refused too, and the message shows the prefix
+    _, source = write_timm_checkpoint(tmp_path / "plain.pth", TINY, image_size=64)
+    torch.save({f"net.{k}": v for k, v in source.state_dict().items()}, tmp_path / "net_prefix.pth")
+    with pytest.raises(ValueError, match=r"Checkpoint keys not used: net\.cls_token, net\.pos_embed"):
+        load_pretrained_encoder(network, tmp_path / "net_prefix.pth")
+
+    # a shallower model of the same width leaves whole blocks uninitialised: refused, unless asked for
+    torch.save(_timm_vit({**TINY, "depth": 1}).state_dict(), tmp_path / "shallow.pth")
+    with pytest.raises(ValueError, match=r"12 of the 26 core tensors.*without a match: blocks\.1\.norm1\.weight"):
+        load_pretrained_encoder(network, tmp_path / "shallow.pth")
+    partial = load_pretrained_encoder(network, tmp_path / "shallow.pth", require_core=False, verbose=False)
+    assert len(partial.initialised) == 12 and all(k.startswith("blocks.1.") for k in partial.initialised)
+
+
 def test_report_names_what_was_skipped():
     report = LoadReport("w.pth", "sam", loaded=["a"], skipped=["image_encoder.neck.0.weight", "mask_decoder.x"])
     assert str(report) == ("pretrained encoder from w.pth [sam]: loaded 1 tensors, skipped 2 "
                            "(image_encoder.neck, mask_decoder), newly initialised 0")
+
+
+def test_sam_backbone_uses_sams_layernorm_eps(tmp_path):
+    """segment-anything builds its image encoder with LayerNorm eps 1e-6; timm's VisionTransformerSAM defaults to
+    1e-5, which shows on low-contrast tokens."""
+    network = ViTUNETR(1, 2, (64, 64), backbone="sam_vit_b", backbone_kwargs=TINY_SAM).eval()
+    norms = [m for m in network.encoder.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * TINY_SAM["depth"] and {m.eps for m in norms} == {1e-6}
+    path, sam = write_original_sam_checkpoint(tmp_path / "sam.pth", TINY_SAM)
+    load_pretrained_encoder(network, path, verbose=False)
+    with torch.no_grad():  # tokens of small variance, where eps matters
+        for model in (network.encoder.vit, sam):
+            model.pos_embed.mul_(0.01)
+            model.patch_embed.proj.bias.mul_(0.01)
+    assert _same_features(network, sam, 0.01 * torch.randn(1, 3, 64, 64)) < 1e-6
+
+
+def emsam_public_decoder(embed_dim: int = 768, in_channels: int = 3, classes: int = 3) -> torch.nn.Module:
+    """Stand-in with the layers of the public EM-SAM decoder (pytorch_connectomics projects/EM-SAM, ``unetr``), for
+    counting: 3x3 conv + BatchNorm + ReLU blocks, 2x2 transposed convolutions (alone, or followed by a 3x3 conv +
+    BatchNorm + ReLU), channels 32/64 at full resolution up to 512 at 1/8, 1024 where two 512 maps are concatenated.
+    Built from that description, not from its code."""
+    from torch import nn
+
+    def conv(i, o):
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(True))
+
+    def up(i, o):
+        return nn.ConvTranspose2d(i, o, 2, stride=2)
+
+    def up_conv(i, o):
+        return nn.Sequential(up(i, o), nn.Conv2d(o, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(True))
+
+    e = embed_dim
+    return nn.ModuleDict({
+        "stem": nn.Sequential(conv(in_channels, 32), conv(32, 64)),
+        "skip3": nn.Sequential(up_conv(e, 512), up_conv(512, 256), up_conv(256, 128)),
+        "skip6": nn.Sequential(up_conv(e, 512), up_conv(512, 256)),
+        "skip9": up_conv(e, 512),
+        "bottleneck_up": up(e, 512),
+        "merge9": nn.Sequential(conv(1024, 512), conv(512, 512), conv(512, 512), up(512, 256)),
+        "merge6": nn.Sequential(conv(512, 256), conv(256, 256), up(256, 128)),
+        "merge3": nn.Sequential(conv(256, 128), conv(128, 128), up(128, 64)),
+        "head": nn.Sequential(conv(128, 64), conv(64, 64), nn.Conv2d(64, classes, 1)),
+    })
+
+
+def test_decoder_features_that_match_the_public_emsam_decoder():
+    """docs/transformers.md: 16 features give 1.89 M decoder parameters, the public EM-SAM decoder has 28.36 M;
+    64 gives its channel widths (64..512, 17.31 M), 84 its parameter count (28.05 M)."""
+    public = sum(p.numel() for p in emsam_public_decoder().parameters())
+    assert round(public / 1e6, 2) == 28.36
+    with torch.device("meta"):
+        counts = {f: sum(p.numel() for p in ViTUNETR(1, 3, (1024, 1024), backbone="sam_vit_b",
+                                                      decoder_features=f).decoder.parameters())
+                  for f in (16, 64, 84)}
+        widths = ViTUNETR(1, 3, (1024, 1024), backbone="sam_vit_b", decoder_features=64).decoder
+    assert {f: round(c / 1e6, 2) for f, c in counts.items()} == {16: 1.89, 64: 17.31, 84: 28.05}
+    assert abs(counts[84] / public - 1) < 0.02
+    assert [b.conv_block.conv1.conv.out_channels for b in widths.up_blocks] == [64, 128, 256, 512]
 
 
 # ------------------------------------------------------------------------------------------------------ inflation
@@ -341,3 +467,44 @@ def test_inflated_3d_vit_reproduces_the_2d_vit_on_a_depth_constant_volume(tmp_pa
         for d in range(2):
             assert torch.allclose(feature[:, :, d], features_2d[block - 1], atol=1e-4)
     assert len(report.loaded) == len(network.encoder.vit.state_dict())
+
+
+@pytest.mark.parametrize("shape", [(112, 448), (448, 112)])
+def test_2d_position_embedding_follows_the_grid_not_the_token_count(tmp_path, shape):
+    """A 224-pixel ViT's 14 x 14 table on a 7 x 28 grid has the same token count: it must still be resampled (timm's
+    filter compares counts and leaves it as it is)."""
+    from timm.layers import resample_abs_pos_embed
+
+    _, source = write_timm_checkpoint(tmp_path / "vit_224.pth", TINY, image_size=224)
+    network = ViTUNETR(1, 2, shape, backbone="vit_b", backbone_kwargs=TINY).eval()
+    grid = [s // 16 for s in shape]
+    assert network.encoder.vit.pos_embed.shape == source.pos_embed.shape  # 1 + 196 tokens either way
+    report = load_pretrained_encoder(network, tmp_path / "vit_224.pth", verbose=False)
+    assert "pos_embed" in report.adapted
+    expected = resample_abs_pos_embed(source.pos_embed, grid, old_size=[14, 14], num_prefix_tokens=1)
+    assert torch.allclose(network.encoder.vit.pos_embed, expected)
+    # what timm computes when it runs the 224-pixel model at this size with dynamic image sizes
+    reference = _timm_vit(TINY, image_size=224, dynamic_img_size=True)
+    reference.load_state_dict(source.state_dict())
+    assert _same_features(network, reference, torch.randn(1, 3, *shape)) < 1e-5
+
+
+def test_3d_position_embedding_follows_the_grid_not_the_token_count(tmp_path):
+    """A 4 x 7 x 7 grid has 196 tokens like the 14 x 14 table: the table must still be resampled to 7 x 7 and
+    repeated over the 4 depth slabs (it used to be copied unchanged)."""
+    _, source = write_timm_checkpoint(tmp_path / "vit_224.pth", TINY, image_size=224)
+    network = ViTUNETR(1, 2, (16, 112, 112), backbone="vit_b", backbone_kwargs=TINY,
+                       patch_embed_size=(4, 16, 16)).eval()
+    assert network.encoder.vit.patch_embed.grid_size == (4, 7, 7)
+    assert network.encoder.vit.pos_embed.shape == source.pos_embed.shape
+    report = load_pretrained_encoder(network, tmp_path / "vit_224.pth", verbose=False)
+    assert set(report.adapted) == {"patch_embed.proj.weight", "pos_embed"}
+    expected = inflate_position_embedding(source.pos_embed, (4, 7, 7), old_grid=(14, 14))
+    assert torch.equal(network.encoder.vit.pos_embed, expected)
+    table = network.encoder.vit.pos_embed[0, 1:].reshape(4, 49, -1)
+    assert all(torch.equal(table[d], table[0]) for d in range(4))  # every depth slab: the same in-plane table
+    assert not torch.equal(network.encoder.vit.pos_embed, source.pos_embed)
+
+    # an already inflated (3D) state dict keeps its table
+    state, adapted = inflate_vit_state_dict(network.encoder.vit.state_dict(), network.encoder.vit)
+    assert adapted == [] and torch.equal(state["pos_embed"], network.encoder.vit.pos_embed)

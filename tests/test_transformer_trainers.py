@@ -136,6 +136,7 @@ VIT_PLANS = {
 # trainer -> (plans, checkpoint file written in its release's format, or None)
 TRAINER_RUNS = {
     "nnUNetTrainerEMSAM": ("nnUNetPlans_samtiny", "sam_vit_b_tiny.pth"),
+    "nnUNetTrainerEMSAM_VCVRL": ("nnUNetPlans_samtiny", "sam_vit_b_tiny.pth"),
     "nnUNetTrainerViT": ("nnUNetPlans_vittiny", None),
     "nnUNetTrainerViTPretrained": ("nnUNetPlans_vittinysum", "vit_tiny.safetensors"),
     "nnUNetTrainerViTMAE": ("nnUNetPlans_vittiny", "mae_pretrain_vit_tiny.pth"),
@@ -364,6 +365,25 @@ def test_trainer_runs_through_stock_train_and_predict(stock_runs, trainer):
         assert predicted.shape == _read_image(image).shape[:predicted.ndim]
         assert set(np.unique(predicted).tolist()) <= labels
     print(f"{trainer}: " + ", ".join(f"{k} {v:.0f} s" for k, v in run.seconds.items()))
+
+
+@pytest.mark.slow
+def test_emsam_vcvrl_adds_the_similarity_loss_on_sams_last_block(stock_runs):
+    """EM-SAM + VCV-RL through the stock commands: the similarity loss is logged and plotted, the heads take the
+    transformer's width and are saved beside (not in) the network, which nnUNetv2_predict rebuilt from the plans."""
+    run = stock_runs["nnUNetTrainerEMSAM_VCVRL"]
+    if run.error is not None:
+        raise run.error
+    fold = run.model_folder / "fold_0"
+    log = "".join(_training_logs(fold))
+    similarity = [float(v) for v in re.findall(r"train_similarity_loss ([-0-9.e+na]+)", log)]
+    assert len(similarity) == 1 and math.isfinite(similarity[0]) and similarity[0] > 0
+    assert (fold / "progress_vcvrl.png").stat().st_size > 0
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    state = checkpoint["vcvrl"]["state_dict"]
+    assert int(state["iteration"]) == 2  # one epoch of two iterations
+    assert state["heads.projector.0.weight"].shape[1] == TINY_SAM["embed_dim"]  # SAM's last tapped block
+    assert not any(k.startswith(("heads", "descriptors", "vcvrl")) for k in checkpoint["network_weights"])
 
 
 @pytest.mark.slow

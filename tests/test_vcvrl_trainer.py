@@ -54,9 +54,11 @@ def nnunet_folders(tmp_path, monkeypatch):
 
 
 def _trainer(cls=SmallVCVRL, patch=(32, 32), labels=None, regions_class_order=None,
-             deep_supervision=True, fold=0):
+             deep_supervision=True, fold=0, architecture=None):
     plans, configuration = plain_unet_plans(DATASET, patch, features_per_stage=(4, 8, 16), batch_size=2,
                                             data_identifier="vcvrl_unit")
+    if architecture is not None:  # another network in the same plans (nnunet-ext plans-vit writes the same entry)
+        plans["configurations"][configuration]["architecture"] = architecture
     plans["continue_training"] = False
     dataset_json = {"channel_names": {"0": "image"}, "labels": labels or LABELS, "numTraining": 4,
                     "file_ending": ".nii.gz"}
@@ -227,3 +229,76 @@ def test_encoder_features_are_found_through_torch_compile(nnunet_folders):
     for step in range(2):
         result = trainer.train_step(_batch(trainer, seed=step))
         assert math.isfinite(float(result["similarity_loss"])) and result["similarity_loss"] > 0
+
+
+# ------------------------------------------------------------------------------------- transformer networks (ViTUNETR)
+
+TINY_SAM = {"embed_dim": 32, "depth": 2, "num_heads": 2, "window_size": 2, "global_attn_indexes": [1]}
+
+
+def _vit_architecture(patch, backbone="sam_vit_b", **kwargs):
+    from nnunet_ext.nnunet.plans_vit import vit_architecture
+
+    config = TINY_SAM if backbone.startswith("sam") else {"embed_dim": 32, "depth": 2, "num_heads": 2}
+    return vit_architecture(patch, backbone, backbone_kwargs=config, decoder_features=4, **kwargs)
+
+
+@pytest.mark.parametrize("setting", ["sam_2d", "vit_3d"])
+def test_vcvrl_trains_a_transformer_network_on_its_last_tapped_block(nnunet_folders, setting):
+    """docs/vcvrl.md: any nnU-Net network with an encoder; ViTUNETR used to be refused (no output_channels)."""
+    from nnunet_ext.networks.unetr import ViTUNETR
+
+    patch, backbone, tokens = ((32, 32), "sam_vit_b", None) if setting == "sam_2d" else \
+        ((8, 32, 32), "vit_b", [4, 16, 16])
+    trainer = _trainer(patch=patch, architecture=_vit_architecture(patch, backbone, patch_embed_size=tokens))
+    network = trainer.network
+    assert isinstance(network, ViTUNETR) and network.encoder.output_channels == [32] * 4
+    assert trainer.vcvrl_loss.heads.projector[0].in_features == 32  # the transformer's width
+    seen = {}
+    network.encoder.vit.blocks[-1].register_forward_hook(lambda module, args, out: seen.__setitem__("block", out))
+    loss_forward = trainer.vcvrl_loss.forward
+    trainer.vcvrl_loss.forward = lambda features, pools: (seen.__setitem__("features", features.detach()),
+                                                          loss_forward(features, pools))[1]
+    heads_before = _head_parameters(trainer)
+    embedding_before = network.encoder.vit.patch_embed.proj.weight.detach().clone()
+    result = trainer.train_step(_batch(trainer))
+    assert np.isfinite(result["loss"]) and result["similarity_loss"] > 0
+    # the loss saw the last block's tokens as a map (timm's SAM blocks give NHWC; the 3D ViT a class token first)
+    block = seen["block"].detach().float()
+    expected = block.movedim(-1, 1) if setting == "sam_2d" else \
+        block[:, 1:].transpose(1, 2).reshape(block.shape[0], 32, *network.encoder.grid_size)
+    assert torch.equal(seen["features"], expected)
+    assert any(not torch.equal(a, b) for a, b in zip(heads_before, trainer.vcvrl_loss.parameters()))
+    assert not torch.equal(embedding_before, network.encoder.vit.patch_embed.proj.weight)  # the encoder learns
+
+
+def test_emsam_vcvrl_loads_sam_and_follows_the_emsam_recipe(nnunet_folders, tmp_path, monkeypatch):
+    from test_networks import write_original_sam_checkpoint
+
+    from nnunet_ext.trainers.transformers import WarmupCosineLRScheduler, nnUNetTrainerEMSAM_VCVRL
+
+    class Small(nnUNetTrainerEMSAM_VCVRL):
+        vcvrl_config = VCVRLConfig(**SMALL)
+
+    path, sam = write_original_sam_checkpoint(tmp_path / "sam_vit_b_tiny.pth", TINY_SAM, image_size=64)
+    monkeypatch.setenv("NNUNET_EXT_SAM_CHECKPOINT", str(path))
+    trainer = _trainer(cls=Small, architecture=_vit_architecture((32, 32)))
+    encoder = trainer.network.encoder.vit
+    assert torch.equal(encoder.blocks[0].attn.qkv.weight, sam.blocks[0].attn.qkv.weight)  # SAM's weights loaded
+    assert isinstance(trainer.lr_scheduler, WarmupCosineLRScheduler)  # EM-SAM's schedule, heads included
+    assert len(trainer.optimizer.param_groups) == 2 and trainer.optimizer.defaults["momentum"] == 0.9
+    assert not trainer.optimizer.defaults["nesterov"]
+    trainer.lr_scheduler.step(trainer.num_epochs // 2)
+    half_way = trainer.lr_scheduler.lr_at(trainer.num_epochs // 2)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [half_way, half_way]
+    assert trainer.vcvrl_loss.heads.projector[0].in_features == TINY_SAM["embed_dim"]
+    for step in range(2):
+        result = trainer.train_step(_batch(trainer, seed=step))
+        assert np.isfinite(result["loss"]) and result["similarity_loss"] > 0
+    assert trainer.vcvrl_loss.iteration.item() == 2
+
+    # a checkpoint that matches nothing stops the trainer instead of training from scratch
+    torch.save({"conv1.weight": torch.randn(8, 3, 7, 7)}, tmp_path / "resnet.pth")
+    monkeypatch.setenv("NNUNET_EXT_SAM_CHECKPOINT", str(tmp_path / "resnet.pth"))
+    with pytest.raises(ValueError, match="core tensors of backbone 'sam_vit_b'.*no match"):
+        _trainer(cls=Small, architecture=_vit_architecture((32, 32)))

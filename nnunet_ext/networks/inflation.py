@@ -9,10 +9,14 @@ The 2D patch embedding kernel ``(C_out, C_in, 16, 16)`` becomes ``(C_out, C_in, 
   matters at first (the better of the two on BigNeuron: Dice 0.5045 against 0.4942).
 
 The absolute position embedding is interpolated in plane to the new token grid and repeated over depth; transformer
-blocks are shape-agnostic and copied unchanged.
+blocks are shape-agnostic and copied unchanged. Whether the table needs resampling is decided on grid shapes, not
+token counts: a 4 x 7 x 7 grid has as many tokens as the 14 x 14 table of a 224-pixel ViT but needs it resampled to
+7 x 7 and repeated 4 times. Every depth slab starts from the same in-plane table (the 2D table has no depth to give);
+see docs/transformers.md.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -68,6 +72,25 @@ def inflate_position_embedding(pos_embed: torch.Tensor, grid_size: Sequence[int]
     return torch.cat([prefix, grid.reshape(1, depth * height * width, -1)], dim=1)
 
 
+def square_grid(pos_embed: torch.Tensor, num_prefix_tokens: int = 1,
+                same_count_grid: Sequence[int] | None = None) -> tuple[int, int]:
+    """Grid ``(h, h)`` of a flat 2D position-embedding table ``(1, prefix + h*h, C)``.
+
+    Flat tables do not record their grid; released 2D ViTs are square (14 x 14 at 224 pixels), as timm assumes too.
+    A table that is not square is taken to be on ``same_count_grid`` when it has that many tokens (a checkpoint of
+    the network's own, non-square size); otherwise it is refused.
+    """
+    tokens = pos_embed.shape[1] - num_prefix_tokens
+    side = math.isqrt(max(tokens, 0))
+    if tokens >= 1 and side * side == tokens:
+        return side, side
+    if same_count_grid is not None and math.prod(same_count_grid) == tokens:
+        return tuple(int(g) for g in same_count_grid)
+    raise ValueError(f"position embedding of shape {tuple(pos_embed.shape)} with {num_prefix_tokens} prefix "
+                     f"token(s) is not a square grid of {tokens} tokens, nor the network's grid; another number of "
+                     f"class/register tokens?")
+
+
 def inflate_vit_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Module,
                            strategy: str = "centre") -> tuple[dict[str, torch.Tensor], list[str]]:
     """Map a 2D timm-named ViT state dict onto a :class:`~nnunet_ext.networks.vit_encoders.VisionTransformer3d`.
@@ -85,6 +108,8 @@ def inflate_vit_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.
     from timm.models._manipulate import adapt_input_conv
 
     target_kernel = model.patch_embed.proj.weight.shape  # (C_out, C_in, kd, kh, kw)
+    kernel = state_dict.get("patch_embed.proj.weight")
+    two_d = kernel is None or kernel.ndim == 4  # a 3D state dict (already inflated) keeps its table
     out, adapted = {}, []
     for name, value in state_dict.items():
         if name == "patch_embed.proj.weight" and value.ndim == 4:
@@ -94,8 +119,12 @@ def inflate_vit_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.
                 value = resample_patch_embed(value, list(target_kernel[-2:]))
             value = inflate_patch_embedding(value, target_kernel[2], strategy)
             adapted.append(name)
-        elif name == "pos_embed" and value.shape != model.pos_embed.shape:
-            value = inflate_position_embedding(value, model.patch_embed.grid_size, model.num_prefix_tokens)
-            adapted.append(name)
+        elif name == "pos_embed" and two_d:
+            # compare grids, not token counts: (1, 14, 14) -> (4, 7, 7) keeps the count but not the layout
+            old_grid = square_grid(value, model.num_prefix_tokens, model.patch_embed.grid_size[1:])
+            if (1, *old_grid) != tuple(model.patch_embed.grid_size):
+                value = inflate_position_embedding(value, model.patch_embed.grid_size, model.num_prefix_tokens,
+                                                   old_grid=old_grid)
+                adapted.append(name)
         out[name] = value
     return out, adapted

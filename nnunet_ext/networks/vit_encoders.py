@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -29,6 +30,11 @@ BACKBONES: dict[str, tuple[str, dict]] = {
     "vit_l": ("vit", dict(embed_dim=1024, depth=24, num_heads=16)),
     "beit_b": ("beit", dict(embed_dim=768, depth=12, num_heads=12, init_values=0.1)),
 }
+
+
+#: LayerNorm epsilon of segment-anything's image encoder (``partial(torch.nn.LayerNorm, eps=1e-6)`` in build_sam);
+#: timm's ViT and BEiT use 1e-6 too, timm's ``VisionTransformerSAM`` defaults to torch's 1e-5
+SAM_EPS = 1e-6
 
 
 def backbone_config(backbone: str, overrides: dict | None = None) -> tuple[str, dict]:
@@ -156,6 +162,9 @@ class ViTEncoder(nn.Module):
         if any(not 1 <= t <= self.depth for t in taps):
             raise ValueError(f"skip blocks {list(taps)} must lie in 1..{self.depth} (the backbone's depth)")
         self.taps = [int(t) for t in taps]
+        # channels of each returned map, as nnU-Net's encoders list theirs (read by nnUNetTrainerVCVRL: its default
+        # encoder_stage -1 is the last tapped block, the bottleneck of the UNETR decoder)
+        self.output_channels = [self.embed_dim] * len(self.taps)
         self.grid_size = tuple(s // p for s, p in zip(input_shape, patch_embed_size))
         self._unique_taps = sorted({t - 1 for t in self.taps})
 
@@ -174,8 +183,10 @@ class ViTEncoder(nn.Module):
                       drop_path_rate=drop_path_rate, **kwargs)
         if self.family == "sam":
             from timm.models.vision_transformer_sam import VisionTransformerSAM
-            # neck_chans=0: no SAM neck (EM-SAM drops it); the final LayerNorm2d that replaces it is pruned below
-            vit = VisionTransformerSAM(use_rel_pos=True, neck_chans=0, **common)
+            # neck_chans=0: no SAM neck (EM-SAM drops it); the final LayerNorm2d that replaces it is pruned below.
+            # LayerNorm eps 1e-6 as segment-anything's build_sam (timm's VisionTransformerSAM defaults to 1e-5)
+            vit = VisionTransformerSAM(use_rel_pos=True, neck_chans=0, norm_layer=partial(nn.LayerNorm, eps=SAM_EPS),
+                                       **common)
         elif self.family == "vit":
             from timm.models.vision_transformer import VisionTransformer
             vit = VisionTransformer(global_pool="", **common)  # no pooling: the head is pruned anyway

@@ -15,6 +15,8 @@ import importlib
 TRAINER_MODULES = {
     "nnUNetTrainerCPUDemo": "cpu",
     "nnUNetTrainerCPUSmoke": "cpu",
+    "nnUNetTrainerCPUSEM": "cpu",
+    "nnUNetTrainerVCVRL_CPUSEM": "cpu_vcvrl",
     "nnUNetTrainerVCVRL": "vcvrl",
     "nnUNetTrainerVCVRL_CPUSmoke": "vcvrl",
     "nnUNetTrainerVCVRL_hardAnchors": "vcvrl",
@@ -23,6 +25,7 @@ TRAINER_MODULES = {
     "nnUNetTrainerVCVRL_relaxedDescriptor": "vcvrl",
     "nnUNetTrainerVCVRL_voxelPairs": "vcvrl",
     "nnUNetTrainerEMSAM": "transformers",
+    "nnUNetTrainerEMSAM_VCVRL": "transformers",
     "nnUNetTrainerViT": "transformers",
     "nnUNetTrainerViT3DInflated": "transformers",
     "nnUNetTrainerViT3DInflatedAverage": "transformers",

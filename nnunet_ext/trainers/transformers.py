@@ -29,6 +29,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunet_ext.networks.pretrained import checkpoint_path_from_env, load_pretrained_encoder
 from nnunet_ext.nnunet.plans_vit import check_vit_configuration
+from nnunet_ext.trainers.vcvrl import nnUNetTrainerVCVRL
 
 
 class WarmupCosineLRScheduler(_LRScheduler):
@@ -177,6 +178,19 @@ class nnUNetTrainerEMSAM(nnUNetTrainerViT):
     checkpoint_variable = "NNUNET_EXT_SAM_CHECKPOINT"
     checkpoint_description = "the original SAM checkpoint (sam_vit_b_01ec64.pth, keys image_encoder.*)"
     checkpoint_source = "sam"
+
+
+class nnUNetTrainerEMSAM_VCVRL(nnUNetTrainerVCVRL, nnUNetTrainerEMSAM):
+    """EM-SAM trained with the VCV-RL similarity loss (:class:`~nnunet_ext.trainers.vcvrl.nnUNetTrainerVCVRL`).
+
+    Everything of :class:`nnUNetTrainerEMSAM` (plans, ``NNUNET_EXT_SAM_CHECKPOINT``, SGD with warm-up and cosine decay,
+    whose schedule the SimSiam heads follow as a second parameter group) plus ``w * L_SIM`` on the output of SAM's
+    last tapped block (block 12 for ViT-B: 768 channels at 1/16 of the patch, 64 x 64 at 1024 x 1024). That map is
+    the encoder's deepest representation and the bottleneck the UNETR decoder starts from, the counterpart of the
+    U-Net latent code on which the paper applies the loss; the decoder's top features would instead shape the
+    convolutional decoder, not the pretrained encoder. ``vcvrl_config.encoder_stage`` picks another tapped block
+    (0..3: blocks 3, 6, 9, 12). Prediction builds the plain EM-SAM network (the heads are not part of it).
+    """
 
 
 class nnUNetTrainerViTPretrained(nnUNetTrainerViT):

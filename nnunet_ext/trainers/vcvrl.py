@@ -65,7 +65,8 @@ class nnUNetTrainerVCVRL(nnUNetTrainer):
         encoder = getattr(self._plain_network(), "encoder", None)
         if encoder is None:
             raise RuntimeError(f"{self.__class__.__name__} needs a network with an 'encoder' submodule returning its "
-                               f"stage outputs (nnU-Net's PlainConvUNet, ResidualEncoderUNet); "
+                               f"stage outputs (nnU-Net's PlainConvUNet, ResidualEncoderUNet, nnunet-ext's "
+                               f"ViTUNETR); "
                                f"{type(self._plain_network()).__name__} has none")
         return encoder
 
