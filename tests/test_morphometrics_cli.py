@@ -54,7 +54,9 @@ def test_prediction_folder(predictions, tmp_path, capsys):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["aggregate_morphometrics.csv", "axon_morphometrics.csv",
                             "case_000_axon_morphometrics.csv", "case_000_qc.png",
-                            "case_001_axon_morphometrics.csv", "case_001_qc.png"])
+                            "case_001_axon_morphometrics.csv", "case_001_qc.png"]
+                           # AxonDeepSeg's index images, on by default
+                           + [f"case_00{i}{s}" for i in (0, 1) for s in ("_index.png", "_axonmyelin_index.png")])
     combined = pd.read_csv(out / "axon_morphometrics.csv")
     aggregate = pd.read_csv(out / "aggregate_morphometrics.csv")
     assert list(aggregate["image"]) == ["case_000", "case_001"]

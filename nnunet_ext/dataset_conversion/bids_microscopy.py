@@ -7,6 +7,11 @@ ignored. nnU-Net labels: 0 background, 1 myelin, 2 axon. Pixel sizes come from t
 inheritance (the most specific applicable sidecar wins: image level, then subject level, then dataset level).
 Mask values within 8 grey levels of 0/127/255 count as them (ads_sem stores some myelin as 128), a few anti-aliased
 strays go to the nearest value, and a mask coded otherwise is refused (or read with ``--mask-values``).
+
+Unmyelinated axons (AxonDeepSeg 5.5's ``<stem>_seg-uaxon-manual.png``, 0/255) follow ``uaxon``: ``"drop"`` (default)
+leaves them background and warns with their counts, ``"label"`` adds the nnU-Net class ``unmyelinated axon`` = 3
+(only on pixels that are background in the axon/myelin label: axon and myelin win where masks overlap), ``"error"``
+refuses a dataset that has such masks.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from typing import Iterable
 import numpy as np
 from tqdm import tqdm
 
-from nnunet_ext.io.bids import ADS_AXONMYELIN_VALUES, BidsMicroscopyImage, find_bids_images
+from nnunet_ext.io.bids import ADS_AXONMYELIN_VALUES, UAXON_LABEL, BidsMicroscopyImage, find_bids_images
 from nnunet_ext.io.images import read_grey_image
 from nnunet_ext.io.pixel_size import check_pixel_size
 from nnunet_ext.dataset_conversion.nnunet_raw import (AXON_MYELIN_LABELS, NnUNetRawWriter, add_destination_arguments,
@@ -35,6 +40,8 @@ from nnunet_ext.dataset_conversion.nnunet_raw import (AXON_MYELIN_LABELS, NnUNet
 MASK_VALUE_TOLERANCE = 8
 #: Largest fraction of a mask's pixels that may hold values outside the tolerance (mapped to the nearest value).
 MAX_STRAY_FRACTION = 0.001
+#: What ``convert bids`` does with unmyelinated-axon masks (``--uaxon``).
+UAXON_MODES = ("drop", "label", "error")
 
 
 def _listed_values(counts: np.ndarray, values: np.ndarray, limit: int = 6) -> str:
@@ -121,6 +128,19 @@ def read_axon_myelin_label(image: BidsMicroscopyImage, mask_values=None) -> np.n
     return label
 
 
+def add_uaxon_label(label: np.ndarray, image: BidsMicroscopyImage) -> tuple[np.ndarray, int, int]:
+    """The label map with an image's unmyelinated axons as :data:`UAXON_LABEL` where it is background (axon and myelin
+    win where masks overlap); also the mask's foreground pixel count and how many of them were overlapped."""
+    uaxon = _read_binary_mask(image.label_files["uaxon"])
+    if uaxon.shape != label.shape:
+        raise ValueError(f"{image.label_files['uaxon']}: shape {uaxon.shape} differs from the label's {label.shape}")
+    free = uaxon & (label == 0)
+    label = label.copy()
+    label[free] = UAXON_LABEL
+    total = int(np.count_nonzero(uaxon))
+    return label, total, total - int(np.count_nonzero(free))
+
+
 def resample_to_pixel_size(image: np.ndarray, label: np.ndarray | None, pixel_size_um: float,
                            target_pixel_size_um: float) -> tuple[np.ndarray, np.ndarray | None]:
     """Resample an image (linear, anti-aliased) and its label map (nearest) to ``target_pixel_size_um``."""
@@ -154,7 +174,7 @@ def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.Pat
                             label_suffix: str = "manual", subjects: Iterable[str] | None = None,
                             modalities: Iterable[str] | None = None, overwrite: bool = False,
                             preprocessed_root: str | os.PathLike | None = None, verify: bool = False,
-                            progress: bool = True, mask_values=None) -> Path:
+                            progress: bool = True, mask_values=None, uaxon: str | None = None) -> Path:
     """Convert one or more BIDS microscopy datasets into one nnU-Net raw dataset.
 
     Parameters
@@ -190,6 +210,10 @@ def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.Pat
         Background, myelin and axon grey values of the axonmyelin masks when not AxonDeepSeg's 0, 127, 255.
         Mask values within :data:`MASK_VALUE_TOLERANCE` of these count as them; a mask with more than
         :data:`MAX_STRAY_FRACTION` of its pixels farther away is refused, naming the file and the values.
+    uaxon : {"drop", "label", "error"}, optional
+        Unmyelinated-axon masks (``_seg-uaxon-<label_suffix>.png``): leave them background (``"drop"``; the default
+        None does the same and warns with their counts), add them as label 3 ``unmyelinated axon`` where the
+        axon/myelin label is background (``"label"``), or refuse the dataset (``"error"``).
 
     Returns
     -------
@@ -201,6 +225,8 @@ def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.Pat
         check_mask_values(mask_values)
     if unlabelled not in ("test", "skip", "error"):
         raise ValueError(f"unlabelled must be 'test', 'skip' or 'error', got {unlabelled!r}")
+    if uaxon is not None and uaxon not in UAXON_MODES:
+        raise ValueError(f"uaxon must be one of {UAXON_MODES}, got {uaxon!r}")
     wanted_test = {s.removeprefix("sub-") for s in test_subjects}
     if split_file is not None:
         wanted_test |= {s.removeprefix("sub-") for s in read_test_subjects_file(split_file)}
@@ -220,8 +246,16 @@ def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.Pat
         missing = [str(i.path) for i in images if i.pixel_size_um is None]
         if missing:
             raise ValueError(f"resampling needs every pixel size; no PixelSize sidecar applies to {missing}")
+    with_uaxon = [i for i in images if "uaxon" in i.label_files and i.has_label]
+    if with_uaxon and uaxon == "error":
+        raise ValueError(f"{len(with_uaxon)} image(s) have unmyelinated-axon masks (e.g. "
+                         f"{with_uaxon[0].label_files['uaxon']}); choose --uaxon label (class 3) or --uaxon drop")
+    labels = dict(AXON_MYELIN_LABELS)
+    if uaxon == "label":
+        labels["unmyelinated axon"] = UAXON_LABEL
+    uaxon_pixels = uaxon_overlap = 0
     skipped = []
-    with NnUNetRawWriter(raw_root, dataset_id, dataset_name, AXON_MYELIN_LABELS, file_ending=".png",
+    with NnUNetRawWriter(raw_root, dataset_id, dataset_name, labels, file_ending=".png",
                          overwrite=overwrite, preprocessed_root=preprocessed_root,
                          dataset_json_extra={"reference": ", ".join(str(r.resolve()) for r in roots)}) as writer:
         for image in tqdm(images, desc=f"Converting {dataset_name}", unit="image", disable=not progress):
@@ -232,6 +266,11 @@ def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.Pat
                 continue
             grey = read_grey_image(image.path)
             label = read_axon_myelin_label(image, mask_values) if image.has_label else None
+            if label is not None and "uaxon" in image.label_files:
+                labelled, total, overlap = add_uaxon_label(label, image)
+                uaxon_pixels, uaxon_overlap = uaxon_pixels + total, uaxon_overlap + overlap
+                if uaxon == "label":
+                    label = labelled
             if label is not None and label.shape != grey.shape:
                 raise ValueError(f"{image.path}: image is {grey.shape} but its label is {label.shape}")
             pixel_size = image.pixel_size_um
@@ -240,10 +279,23 @@ def convert_bids_microscopy(bids_root: str | os.PathLike, raw_root: str | os.Pat
                 pixel_size = target_pixel_size_um
             is_test = image.subject in wanted_test or image.stem in wanted_test or label is None
             writer.add_case(grey, label, split="test" if is_test else "train",
-                            source_files=[image.path, *image.used_label_files], subject=f"sub-{image.subject}",
+                            source_files=[image.path, *image.used_label_files,
+                                          *([image.label_files["uaxon"]] if uaxon == "label" and label is not None
+                                            and "uaxon" in image.label_files else [])],
+                            subject=f"sub-{image.subject}",
                             sample=image.sample, modality=image.modality, pixel_size_um=pixel_size,
                             source_pixel_size_um=image.pixel_size_um)
         destination = writer.finish(verify=verify)
+    if with_uaxon:
+        counts = (f"{len(with_uaxon)} image(s) with unmyelinated-axon masks, {uaxon_pixels} px "
+                  f"({uaxon_overlap} px under axon/myelin labels, which win)")
+        if uaxon == "label":
+            print(f"Labelled {counts} as class {UAXON_LABEL} 'unmyelinated axon'")
+        elif uaxon == "drop":
+            print(f"Dropped {counts}: they are background")
+        else:
+            warnings.warn(f"{counts} dropped: they are background in the labels; --uaxon label keeps them as class "
+                          f"{UAXON_LABEL}, --uaxon drop silences this warning")
     if skipped:
         print(f"Skipped {len(skipped)} image(s) without labels: {', '.join(map(str, skipped))}")
     return destination
@@ -309,7 +361,11 @@ def register_convert_cli(convert_subparsers) -> None:
     parser.add_argument("--mask-values", type=int, nargs=3, metavar=("BG", "MYELIN", "AXON"), default=None,
                         help=f"grey values of the axonmyelin masks (default AxonDeepSeg's 0 127 255); values within "
                              f"{MASK_VALUE_TOLERANCE} grey levels of them count as them, and a mask with more than "
-                             f"{MAX_STRAY_FRACTION:.1%} of its pixels farther away is refused")
+                             f"{MAX_STRAY_FRACTION * 100:.1f}%% of its pixels farther away is refused")  # %% for argparse
+    parser.add_argument("--uaxon", choices=UAXON_MODES, default=None,
+                        help="unmyelinated-axon masks (_seg-uaxon-manual.png): 'label' adds class 3 'unmyelinated "
+                             "axon' (axon/myelin win where masks overlap), 'error' refuses datasets with them, 'drop' "
+                             "leaves them background (default: drop, with a warning giving their counts)")
     parser.set_defaults(func=_run_bids_cli)
 
 
@@ -319,6 +375,6 @@ def _run_bids_cli(args) -> int:
                                           target_pixel_size_um=args.target_pixel_size, unlabelled=args.unlabelled,
                                           subjects=args.subjects, modalities=args.modalities,
                                           overwrite=args.overwrite, preprocessed_root=args.preprocessed,
-                                          verify=args.verify, mask_values=args.mask_values)
+                                          verify=args.verify, mask_values=args.mask_values, uaxon=args.uaxon)
     print(f"Wrote {destination} (manifest: {destination / 'manifest.csv'})")
     return 0

@@ -26,6 +26,9 @@ ADS_MYELIN_VALUE, ADS_AXON_VALUE = 127, 255
 ADS_MASK_VALUE = 255
 #: Suffixes of AxonDeepSeg's mask files (``<stem><suffix>.png``).
 ADS_MASK_SUFFIXES = ("_seg-axon", "_seg-myelin", "_seg-axonmyelin")
+#: AxonDeepSeg 5.5's unmyelinated-axon mask suffix (0/255), and the nnU-Net label ``convert bids --uaxon label`` gives.
+ADS_UAXON_SUFFIX = "_seg-uaxon"
+UAXON_LABEL = 3
 
 
 def is_bids_dataset(folder: str | os.PathLike) -> bool:
@@ -134,12 +137,12 @@ def find_bids_images(bids_root: str | os.PathLike, label_suffix: str = "manual")
         image = BidsMicroscopyImage(path, entities.get("sub", ""), entities, suffix,
                                     pixel_size_from_sidecar(sidecar) if sidecar else None)
         label_dir = root / "derivatives" / "labels" / path.parent.relative_to(root)
-        for kind in ("axonmyelin", "axon", "myelin"):
+        for kind in ("axonmyelin", "axon", "myelin", "uaxon"):  # uaxon: unmyelinated axons (ADS 5.5)
             label = label_dir / f"{image.stem}_seg-{kind}-{label_suffix}.png"
             if label.is_file():
                 image.label_files[kind] = label
-        if image.label_files and not image.has_label:
-            only = next(iter(image.label_files.values()))
+        if set(image.label_files) - {"uaxon"} and not image.has_label:
+            only = next(v for k, v in image.label_files.items() if k != "uaxon")
             other = "myelin" if "axon" in image.label_files else "axon"
             raise ValueError(f"{only}: found without its _seg-{other}-{label_suffix}.png (or an _seg-axonmyelin-"
                              f"{label_suffix}.png); a label needs both axon and myelin masks")

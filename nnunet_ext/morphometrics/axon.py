@@ -267,8 +267,9 @@ def axon_morphometrics(axon_mask, myelin_mask, pixel_size_um, axon_shape: str = 
 
 
 def measure_axons(axon_mask, myelin_mask, pixel_size_um, axon_shape: str = "circle", image_name: str | None = None,
-                  threads: int = 2) -> tuple[pd.DataFrame, np.ndarray]:
-    """:func:`axon_morphometrics` plus each axon's first pixel (raveled index, raster order) for the chunked path."""
+                  threads: int = 2, return_fibres: bool = False) -> tuple:
+    """:func:`axon_morphometrics` plus each axon's first pixel (raveled index, raster order) for the chunked path,
+    and with ``return_fibres`` the fibre instance map (int32; fibre k is the axon of ``axon_id`` k, 0 elsewhere)."""
     if axon_shape not in AXON_SHAPES:
         raise ValueError(f"axon_shape must be one of {AXON_SHAPES}, got {axon_shape!r}")
     pixel_size = check_pixel_size(pixel_size_um)
@@ -281,6 +282,8 @@ def measure_axons(axon_mask, myelin_mask, pixel_size_um, axon_shape: str = "circ
         axon_labels, n = _kernels.label_axons(axon)  # scipy.ndimage.label's labels, without importing SciPy
         if n == 0:
             components.result()  # let the pool's work end before returning
+            if return_fibres:
+                return _empty_table(image_name), np.zeros(0, np.int64), np.zeros(axon.shape, np.int32)
             return _empty_table(image_name), np.zeros(0, np.int64)
         axons = _region_table(axon_labels, n, pool, with_convex_area=True)
         centroids = axons["sums"][1:] / axons["count"][1:, None]
@@ -292,6 +295,8 @@ def measure_axons(axon_mask, myelin_mask, pixel_size_um, axon_shape: str = "circ
         axons, fibre = _finish(axons), _finish(fibre)
     table = _assemble_table(axons, fibre, centroids, reseeded, axon.shape, pixel_size, axon_shape, image_name,
                             differs)
+    if return_fibres:
+        return table, axons["first"][1:], fibres
     return table, axons["first"][1:]
 
 

@@ -44,6 +44,29 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--no-qc", action="store_true",
                         help="skip the QC overlay PNGs (on by default: palette PNGs of at most 1280 px a side, "
                              "written beside the measurement, about 10-20 ms per image)")
+    modes = parser.add_argument_group(
+        "AxonDeepSeg 5.5's other modes", "unmyelinated axons are measured whenever an input has them (label 3 of a "
+        "label image, as 'convert bids --uaxon label' writes, or <stem>_seg-uaxon.png beside ADS masks): "
+        "<name>_uaxon_morphometrics.csv with ADS's '-u' columns, and both populations in the aggregate CSV")
+    modes.add_argument("--nerve", nargs="?", const=True, default=None, metavar="MASK",
+                       help="nerve mode (ADS's -n): fascicles are the nerve mask's 4-connected components; axons "
+                            "outside the nerve are removed; writes <name>_nerve_morphometrics.json (fascicle areas, "
+                            "per-fascicle and total axon density as ADS, plus per-fascicle AVF, MVF, aggregate "
+                            "g-ratio) and <name>_fascicles.csv. MASK: a nerve mask (one input) or a folder of "
+                            "<name>_seg-nerve.png; without MASK each input's <name>_seg-nerve.png beside it")
+    modes.add_argument("--nerve-label", type=int, default=None, metavar="V",
+                       help="nerve mode with the nerve from label images: value V (nerve tissue) with the axon "
+                            "and myelin pixels")
+    modes.add_argument("--format", choices=("csv", "xlsx"), default="csv", dest="table_format",
+                       help="per-image tables as CSV (default) or as AxonDeepSeg's <name>_axon_morphometrics.xlsx "
+                            "(its column order and unnamed index; needs openpyxl: pip install 'nnunet-ext[xlsx]')")
+    modes.add_argument("--no-index-maps", action="store_true",
+                       help="skip AxonDeepSeg's index images (on by default: <name>_index.png with each axon's "
+                            "0-based row number at its centroid, and _axonmyelin_index.png)")
+    modes.add_argument("-c", "--colorize", action="store_true",
+                       help="also AxonDeepSeg's instance maps (its -c): <name>_colorized.png and the 16-bit "
+                            "<name>_instance-map.png, from the fibres already measured (about 0.05 s per image of "
+                            "1.5 megapixels)")
     post = parser.add_argument_group(
         "post-processing of predictions", "clean the masks before measuring (nnunet_ext.morphometrics.postprocess): "
         "fill axon holes, remove axons below an area and axons without a myelin ring; defaults set on ads_sem's "
@@ -108,6 +131,9 @@ def _run(args) -> int:
     if args.chunk_size is not None or args.input.rstrip("/").lower().endswith(".zarr") or _large_tiff(args):
         if args.postprocess:
             raise ValueError("--postprocess is not available for whole slides (measured chunk by chunk)")
+        if args.nerve is not None or args.nerve_label is not None:
+            raise ValueError("--nerve/--nerve-label are not available for whole slides yet (measured chunk by "
+                             "chunk); measure the slide's fascicles as images")
         summary = run_slide(
             args.input, args.output, args.pixel_size, chunk_size=args.chunk_size or 2048, halo=args.halo,
             axon_shape=args.axon_shape, myelin_label=args.myelin_label, axon_label=args.axon_label,
@@ -125,7 +151,9 @@ def _run(args) -> int:
         inputs, args.output, axon_shape=args.axon_shape, myelin_label=args.myelin_label,
         axon_label=args.axon_label, roi=args.roi, min_axon_area_um2=args.min_axon_area,
         drop_border=args.drop_border, drop_invalid=args.drop_invalid, maps=args.maps, tile_size_px=tile_px,
-        tile_size_um=tile_um, qc=not args.no_qc, overwrite=args.overwrite, postprocess=postprocess)
+        tile_size_um=tile_um, qc=not args.no_qc, overwrite=args.overwrite, postprocess=postprocess,
+        nerve=args.nerve, nerve_label=args.nerve_label, index_maps=not args.no_index_maps, colorize=args.colorize,
+        table_format=args.table_format)
     return _report(summary, args.output)
 
 
@@ -179,7 +207,8 @@ def _run_mtneuro(args) -> int:
     axon_only = ("--axon-shape", "--myelin-label", "--label-suffix", "--image-dir", "--roi", "--maps", "--tile-size",
                  "--tile-unit", "--min-axon-area", "--drop-border", "--drop-invalid", "--no-qc", "--chunk-size",
                  "--halo", "--scheduler", "--workers", "--image-name", "--max-image-pixels", "--postprocess",
-                 "--pp-min-axon-area", "--pp-min-myelin-coverage", "--pp-no-fill-holes", "--pp-drop-orphan-myelin")
+                 "--pp-min-axon-area", "--pp-min-myelin-coverage", "--pp-no-fill-holes", "--pp-drop-orphan-myelin",
+                 "--nerve", "--nerve-label", "--no-index-maps", "--colorize")
     refused = [flag for flag in axon_only if getattr(args, flag[2:].replace("-", "_")) not in (None, False)]
     if refused:
         raise ValueError(f"{', '.join(refused)}: not available with --mtneuro")
@@ -192,7 +221,8 @@ def _run_mtneuro(args) -> int:
 
 
 def _report(summary, output) -> int:
-    print(f"{summary['images']} image(s), {summary['axons']} axons -> {output}")
+    uaxons = f", {summary['uaxons']} unmyelinated axons" if summary.get("uaxons") else ""
+    print(f"{summary['images']} image(s), {summary['axons']} axons{uaxons} -> {output}")
     for aggregate in summary["aggregates"]:
         print(f"  {aggregate['image']}: {aggregate['axon_count']} axons, AVF {aggregate['avf']:.4f}, "
               f"MVF {aggregate['mvf']:.4f}, aggregate g-ratio {aggregate['gratio_aggregate']:.4f}, "

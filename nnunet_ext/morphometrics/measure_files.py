@@ -13,11 +13,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from nnunet_ext.io.atomic import publish_files, scratch_folder
-from nnunet_ext.io.bids import find_bids_images, find_sidecar, is_bids_dataset, read_label_image
+from nnunet_ext.io.bids import UAXON_LABEL, find_bids_images, find_sidecar, is_bids_dataset, read_label_image
 from nnunet_ext.io.images import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, read_image_2d, strip_extension
 from nnunet_ext.io.pixel_size import PIXEL_SIZE_FILE, PixelSizeNotFoundError, check_pixel_size, find_pixel_size
 from nnunet_ext.morphometrics.aggregate_metrics import AGGREGATE_KEYS, aggregate_from_counts, aggregate_morphometrics
-from nnunet_ext.morphometrics.axon import as_binary_mask, axon_morphometrics, masks_from_label_image, prepare_masks
+from nnunet_ext.morphometrics.axon import (as_binary_mask, axon_morphometrics, masks_from_label_image, measure_axons,
+                                           prepare_masks)
 from nnunet_ext.morphometrics.maps import save_map_pngs, tile_morphometrics, tile_size_in_pixels, tiles_from_counts
 from nnunet_ext.morphometrics.qc import save_qc_overlay
 from nnunet_ext.morphometrics.slide_chunks import slide_morphometrics
@@ -27,6 +28,7 @@ ADS_MASK_PNG_VALUES = {0: "background", 128: "myelin", 255: "axon"}
 # ADS-style mask names: <stem>_seg-axon[-suffix].ext and <stem>_seg-myelin[-suffix].ext
 _AXON_MASK = re.compile(r"^(?P<stem>.+)_seg-axon(?P<suffix>(-[^_.]+)?)$")
 COMBINED_CSV = "axon_morphometrics.csv"
+UAXON_CSV = "uaxon_morphometrics.csv"
 AGGREGATE_CSV = "aggregate_morphometrics.csv"
 
 
@@ -41,6 +43,7 @@ class MorphometricsInput:
     image_path: Path | None = None  # microscopy image for the QC overlay
     pixel_size_um: float | None = None
     pixel_size_source: str = ""
+    uaxon_path: Path | None = None  # AxonDeepSeg 5.5's unmyelinated-axon mask <stem>_seg-uaxon.png, if any
 
     @property
     def source(self) -> Path:
@@ -61,7 +64,9 @@ def _mask_pair(axon_path: Path) -> MorphometricsInput | None:
     if not myelin_path.is_file():
         raise FileNotFoundError(f"{axon_path}: no myelin mask {myelin_path.name} beside it")
     image_path = next((p for p in (axon_path.with_name(stem + e) for e in IMAGE_EXTENSIONS) if p.is_file()), None)
-    return MorphometricsInput(stem, axon_path=axon_path, myelin_path=myelin_path, image_path=image_path)
+    uaxon_path = axon_path.with_name(f"{stem}_seg-uaxon{suffix}{ext}")
+    return MorphometricsInput(stem, axon_path=axon_path, myelin_path=myelin_path, image_path=image_path,
+                              uaxon_path=uaxon_path if uaxon_path.is_file() else None)
 
 
 def discover_inputs(path: str | os.PathLike, pixel_size_um: float | None = None, label_suffix: str = "manual",
@@ -91,7 +96,8 @@ def discover_inputs(path: str | os.PathLike, pixel_size_um: float | None = None,
         if pairs:  # ADS-style folder: the mask pairs, not the microscopy images or axonmyelin masks beside them
             items = pairs
         else:
-            items = [MorphometricsInput(strip_extension(p.name), label_path=p) for p in files]
+            items = [MorphometricsInput(strip_extension(p.name), label_path=p) for p in files
+                     if not re.search(r"_seg-(nerve|uaxon)$", strip_extension(p.name))]  # ADS 5.5's other masks
         if not items:
             raise FileNotFoundError(f"{path}: no label images ({', '.join(LABEL_EXTENSIONS)}) or "
                                     f"*_seg-axon masks found")
@@ -126,7 +132,7 @@ def _discover_bids(root: Path, pixel_size_um: float | None, label_suffix: str) -
     for image in find_bids_images(root, label_suffix=label_suffix):
         if not image.has_label:
             continue
-        item = MorphometricsInput(image.stem, image_path=image.path)
+        item = MorphometricsInput(image.stem, image_path=image.path, uaxon_path=image.label_files.get("uaxon"))
         if {"axon", "myelin"} <= set(image.label_files):  # what ADS measures
             item.axon_path, item.myelin_path = image.label_files["axon"], image.label_files["myelin"]
         else:
@@ -186,13 +192,31 @@ def ads_extra_axons(array: np.ndarray) -> int:
     return int(theirs - ours)
 
 
-def load_masks(item: MorphometricsInput, myelin_label: int = 1, axon_label: int = 2
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Axon and myelin masks of one input, with errors naming its files."""
+def load_masks(item: MorphometricsInput, myelin_label: int = 1, axon_label: int = 2, extra: dict | None = None,
+               nerve_label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Axon and myelin masks of one input, with errors naming its files.
+
+    ``extra``: a dict that receives ``"uaxon"``, the unmyelinated axons (label 3 of a label image, as ``convert bids
+    --uaxon label`` writes, or the input's ``_seg-uaxon`` mask) where the input has them, and with ``nerve_label``
+    ``"nerve"``: that label's pixels with the axon and myelin pixels 4-connected to them (fibres wholly outside the
+    nerve tissue stay outside)."""
+    if extra is not None and item.uaxon_path is not None:
+        extra["uaxon"] = read_mask_file(item.uaxon_path)
     if item.label_path is not None:
         label = read_label_image(item.label_path)
         present = set(np.unique(label).tolist())
         values = present - {0, myelin_label, axon_label}
+        if extra is not None and nerve_label is not None and nerve_label not in (0, myelin_label, axon_label):
+            from scipy import ndimage as ndi
+
+            tissue = label == nerve_label
+            parts, _ = ndi.label(tissue | (label == myelin_label) | (label == axon_label))
+            extra["nerve"] = np.isin(parts, np.unique(parts[tissue]))
+            values.discard(nerve_label)
+        if extra is not None and UAXON_LABEL in values and "uaxon" not in extra and UAXON_LABEL != nerve_label \
+                and not (present <= set(ADS_MASK_PNG_VALUES)):
+            extra["uaxon"] = label == UAXON_LABEL
+            values.discard(UAXON_LABEL)
         if values and present <= set(ADS_MASK_PNG_VALUES) and (myelin_label, axon_label) == (1, 2):
             # AxonDeepSeg's single-file mask (its training data's mask.png): 0 background, 128 myelin, 255 axon
             return label == 255, label == 128
@@ -226,8 +250,25 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
                       min_axon_area_um2: float | None = None, drop_border: bool = False,
                       drop_invalid: bool = False, maps: bool = False, tile_size_px: int | None = None,
                       tile_size_um: float | None = None, qc: bool = True, overwrite: bool = False,
-                      postprocess: dict | None = None) -> dict:
+                      postprocess: dict | None = None, nerve: str | os.PathLike | bool | None = None,
+                      nerve_label: int | None = None, index_maps: bool = True, colorize: bool = False,
+                      table_format: str = "csv") -> dict:
     """Measure every input and write the results into ``out_dir``; returns a summary dict.
+
+    Nerve mode (AxonDeepSeg's ``-n``; :mod:`nnunet_ext.morphometrics.nerve`): ``nerve`` True reads each input's
+    ``<name>_seg-nerve.png`` beside it, a path gives the nerve mask (one input) or a folder of
+    ``<name>_seg-nerve.png`` / ``<name>.png``; ``nerve_label`` takes the nerve from a label image instead (that
+    value with the axon and myelin pixels). Axons and myelin outside the nerve are removed, the aggregate is the
+    nerve's, and ``<name>_nerve_morphometrics.json`` and ``<name>_fascicles.csv`` are written.
+
+    ``index_maps`` (default): AxonDeepSeg's ``<name>_index.png`` and ``_axonmyelin_index.png`` (and
+    ``_uaxon_index.png`` / ``_nerve_index.png`` in those modes); ``colorize`` (ADS's ``-c``) adds
+    ``_colorized.png`` and ``_instance-map.png`` from the fibres of the measurement, no second watershed
+    (:mod:`nnunet_ext.morphometrics.index_maps`).
+
+    ``table_format="xlsx"`` writes the per-image tables as AxonDeepSeg does, ``<name>_axon_morphometrics.xlsx`` (and
+    ``_uaxon_morphometrics.xlsx``): an unnamed 0-based index column, ADS's columns in its order, then ours (needs
+    openpyxl: ``pip install nnunet-ext[xlsx]``); the combined and aggregate tables stay CSV.
 
     ``postprocess``: options of :func:`nnunet_ext.morphometrics.postprocess.postprocess_masks` applied to each
     image's masks before measuring (None: measured as given); the aggregate CSV's ``postprocess`` column says what
@@ -235,15 +276,25 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
 
     Files: ``<name>_axon_morphometrics.csv`` per image, ``axon_morphometrics.csv`` (all images),
     ``aggregate_morphometrics.csv`` (one row per image), ``<name>_qc.png``, and with ``maps``
-    ``<name>_tiles.csv`` and ``<name>_map-<metric>.png``. Everything is written to a temporary folder first and
-    moved into ``out_dir`` only when all images succeeded; existing files are replaced only with ``overwrite``.
+    ``<name>_tiles.csv`` and ``<name>_map-<metric>.png``. Inputs with unmyelinated axons (label 3, or a
+    ``_seg-uaxon`` mask) add ``<name>_uaxon_morphometrics.csv``, ``uaxon_morphometrics.csv`` and both populations'
+    columns in the aggregate CSV (:func:`nnunet_ext.morphometrics.unmyelinated.population_summary`). Everything is
+    written to a temporary folder first and moved into ``out_dir`` only when all images succeeded; existing files
+    are replaced only with ``overwrite``.
     """
     out_dir = Path(out_dir)
     names = [item.name for item in inputs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"several inputs are named {duplicates}: outputs would collide")
-    planned = [COMBINED_CSV, AGGREGATE_CSV] + [f"{n}_axon_morphometrics.csv" for n in names]
+    if table_format not in ("csv", "xlsx"):
+        raise ValueError(f"table format must be 'csv' or 'xlsx', got {table_format!r}")
+    if table_format == "xlsx":
+        import importlib.util
+
+        if importlib.util.find_spec("openpyxl") is None:
+            raise ImportError("--format xlsx needs openpyxl: pip install 'nnunet-ext[xlsx]' (or openpyxl)")
+    planned = [COMBINED_CSV, AGGREGATE_CSV] + [f"{n}_axon_morphometrics.{table_format}" for n in names]
     existing = [name for name in planned if (out_dir / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out_dir}: {', '.join(existing[:3])}{' ...' if len(existing) > 3 else ''} already "
@@ -256,9 +307,18 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
     from concurrent.futures import ThreadPoolExecutor
 
     with scratch_folder(out_dir) as tmp, ThreadPoolExecutor(max_workers=1) as writer:
-        tables, aggregates, jobs = [], [], []
+        tables, aggregates, jobs, uaxon_tables = [], [], [], []
         for item in tqdm(inputs, desc="morphometrics", unit="image", disable=len(inputs) < 2):
-            axon, myelin = load_masks(item, myelin_label, axon_label)
+            uaxon_found: dict = {}
+            axon, myelin = load_masks(item, myelin_label, axon_label, extra=uaxon_found, nerve_label=nerve_label)
+            nerve_mask = None
+            if nerve is not None or nerve_label is not None:
+                from nnunet_ext.morphometrics.nerve import restrict_to_nerve
+
+                nerve_mask = uaxon_found.get("nerve")
+                if nerve_mask is None:
+                    nerve_mask = read_mask_file(_nerve_path(nerve, item, len(inputs)))
+                axon, myelin = restrict_to_nerve(axon, myelin & ~axon, nerve_mask)
             postprocess_text = ""
             if postprocess is not None:
                 from nnunet_ext.morphometrics.postprocess import postprocess_masks
@@ -269,7 +329,13 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
                 postprocess_text = "; ".join(f"{k}={v}" for k, v in {**postprocess, **changes}.items())
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # overlaps are reported once below
-                per_axon = axon_morphometrics(axon, myelin, item.pixel_size_um, axon_shape, image_name=item.name)
+                fibres = None
+                if colorize:  # the fibre instance map of the same pass, for ADS's instance maps
+                    per_axon, _, fibres = measure_axons(axon, myelin, item.pixel_size_um, axon_shape,
+                                                        image_name=item.name, return_fibres=True)
+                else:
+                    per_axon = axon_morphometrics(axon, myelin, item.pixel_size_um, axon_shape,
+                                                  image_name=item.name)
             axon, myelin = prepare_masks(axon, myelin)
             kept = apply_filters(per_axon, **filters)
             roi_mask = None
@@ -278,14 +344,44 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
                 if roi_mask.shape != axon.shape:
                     raise ValueError(f"{roi_paths[item.name]}: ROI {roi_mask.shape} and {item.source} "
                                      f"{axon.shape} have different shapes")
+            if nerve_mask is not None:  # the image's aggregate is the nerve's
+                roi_mask = nerve_mask if roi_mask is None else roi_mask & nerve_mask
             aggregate = aggregate_morphometrics(axon, myelin, item.pixel_size_um, per_axon=kept, roi_mask=roi_mask)
             aggregate.update(image=item.name, pixel_size_um=item.pixel_size_um,
                              pixel_size_source=item.pixel_size_source, axon_shape=axon_shape,
                              roi=str(roi_paths.get(item.name) or ""), filters=filter_text,
                              axons_filtered_out=len(per_axon) - len(kept), source=str(item.source),
                              postprocess=postprocess_text)
+            if "uaxon" in uaxon_found:
+                from nnunet_ext.morphometrics.unmyelinated import population_summary, uaxon_morphometrics
+
+                uaxon = uaxon_found["uaxon"] & ~axon & ~myelin  # axon and myelin win, as in 'convert bids'
+                if uaxon.shape != axon.shape:
+                    raise ValueError(f"{item.uaxon_path}: shape {uaxon.shape} differs from {axon.shape}")
+                if roi_mask is not None:  # with a nerve: the nerve (within the ROI, if any)
+                    uaxon &= roi_mask
+                uaxon_table = uaxon_morphometrics(uaxon, item.pixel_size_um, axon_shape, image_name=item.name)
+                aggregate.update(population_summary(len(kept), uaxon_table, aggregate["area (mm^2)"] * 1e6))
+                uaxon_tables.append(uaxon_table)
+                _write_csv(uaxon_table, tmp / f"{item.name}_uaxon_morphometrics.{table_format}")
+            if nerve_mask is not None:
+                from nnunet_ext.morphometrics.nerve import (FASCICLE_CSV_SUFFIX, NERVE_JSON_SUFFIX, nerve_morphometrics,
+                                                            write_nerve_json)
+
+                nerve_data, kept, fascicles = nerve_morphometrics(nerve_mask, axon, myelin, kept, item.pixel_size_um)
+                write_nerve_json(nerve_data, tmp / f"{item.name}{NERVE_JSON_SUFFIX}")
+                fascicles.to_csv(tmp / f"{item.name}{FASCICLE_CSV_SUFFIX}", index=False, na_rep="NaN")
+                aggregate.update(fascicle_count=len(fascicles),
+                                 nerve_area_um2=nerve_data["total_area"]["value"],
+                                 total_axon_density_per_um2=nerve_data["total_axon_density"]["value"])
             aggregates.append(aggregate)
-            jobs.append(writer.submit(_write_csv, kept, tmp / f"{item.name}_axon_morphometrics.csv"))
+            jobs.append(writer.submit(_write_csv, kept, tmp / f"{item.name}_axon_morphometrics.{table_format}"))
+            if index_maps or colorize:
+                jobs.append(writer.submit(_write_index_maps,
+                                          tmp, item.name, kept, axon, myelin, item.pixel_size_um, fibres,
+                                          uaxon_table=uaxon_table if "uaxon" in uaxon_found else None,
+                                          uaxon=uaxon if "uaxon" in uaxon_found else None, nerve=nerve_mask,
+                                          index=index_maps))
             tables.append(kept)
             if maps:
                 tiles = tile_morphometrics(axon, myelin, item.pixel_size_um, tile_size_px, tile_size_um,
@@ -304,17 +400,65 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
             pd.DataFrame().to_csv(tmp / COMBINED_CSV, index=False, na_rep="NaN")
         columns = ["image", "source", "pixel_size_um", "pixel_size_source", "axon_shape", "roi", "filters",
                    "axons_filtered_out"] + [k for k in AGGREGATE_KEYS if k != "image"] + ["postprocess"]
+        if uaxon_tables:
+            from nnunet_ext.morphometrics.unmyelinated import POPULATION_KEYS
+
+            columns += POPULATION_KEYS
+            pd.concat(uaxon_tables, ignore_index=True).to_csv(tmp / UAXON_CSV, index=False, na_rep="NaN")
+        if nerve is not None or nerve_label is not None:
+            columns += ["fascicle_count", "nerve_area_um2", "total_axon_density_per_um2"]
         pd.DataFrame(aggregates, columns=columns).to_csv(tmp / AGGREGATE_CSV, index=False, na_rep="NaN")
         written = publish_files(tmp, out_dir)
     return {"images": len(inputs), "axons": int(sum(len(t) for t in tables)), "files": written,
-            "aggregates": aggregates}
+            "aggregates": aggregates, "uaxons": int(sum(len(t) for t in uaxon_tables))}
+
+
+def _nerve_path(nerve, item: MorphometricsInput, n_inputs: int) -> Path:
+    """The nerve mask of an input: ``<name>_seg-nerve.png`` beside it (``nerve`` True), the file ``nerve`` (one
+    input), or ``<name>_seg-nerve.*`` / ``<name>.*`` in the folder ``nerve``."""
+    if nerve is True:
+        folder, candidates = item.source.parent, [f"{item.name}_seg-nerve"]
+    else:
+        nerve = Path(nerve)
+        if nerve.is_file():
+            if n_inputs != 1:
+                raise ValueError(f"{nerve}: one nerve mask for {n_inputs} images; give a folder of "
+                                 f"<name>_seg-nerve.png masks")
+            return nerve
+        if not nerve.is_dir():
+            raise FileNotFoundError(f"{nerve}: nerve mask file or folder not found")
+        folder, candidates = nerve, [f"{item.name}_seg-nerve", item.name]
+    found = [p for p in sorted(folder.iterdir()) if _is_image_file(p) and strip_extension(p.name) in candidates]
+    if not found:
+        raise FileNotFoundError(f"{folder}: no nerve mask {candidates[0]}.png for {item.name}")
+    return found[0]
+
+
+def _write_index_maps(*args, **kwargs) -> None:
+    from nnunet_ext.morphometrics.index_maps import save_index_maps
+
+    save_index_maps(*args, **kwargs)
 
 
 def _write_csv(table: pd.DataFrame, path: Path) -> str:
-    """Write a per-axon table; return its text."""
+    """Write a per-axon table (CSV, or ADS's spreadsheet layout for ``.xlsx``); return its CSV text."""
     text = table.to_csv(index=False, na_rep="NaN", lineterminator="\n")
-    path.write_text(text)
+    if path.suffix == ".xlsx":
+        ads_layout(table).to_excel(path, na_rep="NaN")
+    else:
+        path.write_text(text)
     return text
+
+
+def ads_layout(table: pd.DataFrame) -> pd.DataFrame:
+    """A per-axon (or unmyelinated-axon) table as AxonDeepSeg's spreadsheets have it: its columns first in its
+    order, then ours, with a 0-based index (the numbers of the index image)."""
+    from nnunet_ext.morphometrics.axon import ADS_COLUMNS
+    from nnunet_ext.morphometrics.unmyelinated import ADS_UAXON_COLUMNS
+
+    ads = ADS_UAXON_COLUMNS if "uaxon_id" in table.columns else ADS_COLUMNS
+    first = [c for c in ads if c in table.columns]
+    return table[first + [c for c in table.columns if c not in first]].reset_index(drop=True)
 
 
 def _write_qc(path: Path, axon, myelin, per_axon, pixel_size_um, image_path) -> None:

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from nnunet_ext.morphometrics.measure_files import MorphometricsInput, run_morphometrics, run_slide
 from nnunet_ext.segmentation.predictor import ModelSpec, axon_myelin_values, cached_predictor, predict_image
 from nnunet_ext.io.atomic import atomic_output_path
-from nnunet_ext.io.bids import ADS_MASK_SUFFIXES, ads_masks_from_labels, find_bids_images, is_bids_dataset
+from nnunet_ext.io.bids import (ADS_MASK_SUFFIXES, ADS_MASK_VALUE, ADS_UAXON_SUFFIX, ads_masks_from_labels,
+                                find_bids_images, is_bids_dataset)
 from nnunet_ext.io.images import (IMAGE_EXTENSIONS, image_shape, is_zarr, read_large_grey_image, strip_extension,
                                   write_png)
 from nnunet_ext.io.pixel_size import PixelSizeNotFoundError, find_pixel_size
@@ -225,6 +226,10 @@ def _segment_image_input(item, folder, predictor, labels_map, values, save_proba
     outputs = []
     if values is not None:
         outputs += write_ads_masks(labels, folder, item.name, *values)
+    uaxon = labels_map.get("unmyelinated axon")
+    if isinstance(uaxon, int):  # a model trained with 'convert bids --uaxon label': AxonDeepSeg 5.5's uaxon mask
+        outputs.append(write_png(folder / f"{item.name}{ADS_UAXON_SUFFIX}.png",
+                                 (labels == uaxon).astype(np.uint8) * ADS_MASK_VALUE))
     if probabilities is not None:
         target = folder / f"{item.name}.npz"
         with atomic_output_path(target) as temporary:
