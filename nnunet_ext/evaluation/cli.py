@@ -78,9 +78,10 @@ def register_cli(subparsers) -> None:
         "quality and pixel Dice/IoU of axon and myelin (<out>_fibres.csv), per dataset TP/FP/FN summed and rates "
         "averaged over images as ASTIH, pooled rates beside (<out>_fibres_dataset.csv).")
     fibres.add_argument("--fibres", action="store_true", help="fibre detection metrics")
-    fibres.add_argument("--iou-thresholds", nargs="+", type=float, metavar="T", default=None,
-                        help="matching thresholds of a sweep, e.g. 0.3 0.35 ... 0.95 (one value, or three: START "
-                             "STOP STEP with --iou-range); writes every threshold to the CSVs and <out>_fibres_sweep.png")
+    fibres.add_argument("--iou-thresholds", nargs="+", metavar="T", default=None,
+                        help="matching thresholds of a sweep: values (0.5 0.75), or a range written 0.3 ... 0.95 "
+                             "(step 0.05) or 0.3 0.4 ... 0.9 (step from the first two), or START STOP STEP with "
+                             "--iou-range; writes every threshold to the CSVs and <out>_fibres_sweep.png")
     fibres.add_argument("--iou-range", action="store_true",
                         help="read --iou-thresholds as START STOP STEP (inclusive), e.g. 0.3 0.95 0.05")
     fibres.add_argument("--match-threshold", type=float, default=0.5,
@@ -222,9 +223,25 @@ def _run_evaluate(args) -> int:
 
 
 def iou_thresholds(values, as_range: bool) -> list[float]:
-    """``--iou-thresholds``: the values, or START STOP STEP (inclusive) with ``--iou-range``."""
+    """``--iou-thresholds``: the values; ``A ... B`` (step 0.05) or ``A A2 ... B`` (step A2 - A); or START STOP STEP
+    (inclusive) with ``--iou-range``."""
+    values = list(values)
+    if "..." in values:
+        at = values.index("...")
+        if as_range or at not in (1, 2) or len(values) != at + 2:
+            raise ValueError("--iou-thresholds: write a range as START ... STOP or START NEXT ... STOP")
+        try:
+            numbers = [float(v) for v in values if v != "..."]
+        except ValueError:
+            raise ValueError(f"--iou-thresholds: {' '.join(values)} holds a value that is not a number") from None
+        step = numbers[1] - numbers[0] if at == 2 else 0.05
+        values, as_range = [numbers[0], numbers[-1], step], True
+    try:
+        values = [float(v) for v in values]
+    except ValueError:
+        raise ValueError(f"--iou-thresholds: {' '.join(map(str, values))} holds a value that is not a number") from None
     if not as_range:
-        return [float(v) for v in values]
+        return values
     if len(values) != 3 or values[2] <= 0 or values[1] < values[0]:
         raise ValueError("--iou-range needs --iou-thresholds START STOP STEP with STEP > 0 and STOP >= START")
     start, stop, step = values
