@@ -25,6 +25,13 @@ class _CPUThreadsMixin:
         if self.device.type == "cpu" and threads and threads.isdigit() and int(threads) > 0:
             torch.set_num_threads(int(threads))
 
+    def _apply_schedule(self) -> None:
+        """nnU-Net's schedule from the class attributes ``schedule_*``, then the CPU threads."""
+        self.num_epochs = self.schedule_epochs
+        self.num_iterations_per_epoch = self.schedule_iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.schedule_val_iterations_per_epoch
+        self._apply_cpu_threads()
+
 
 class CPUSmokeSchedule(_CPUThreadsMixin):
     """Mixin (listed before the trainer class) with the smoke schedule: two epochs of four iterations."""
@@ -37,10 +44,7 @@ class CPUSmokeSchedule(_CPUThreadsMixin):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = self.schedule_epochs
-        self.num_iterations_per_epoch = self.schedule_iterations_per_epoch
-        self.num_val_iterations_per_epoch = self.schedule_val_iterations_per_epoch
-        self._apply_cpu_threads()
+        self._apply_schedule()
 
 
 class nnUNetTrainerCPUSmoke(CPUSmokeSchedule, nnUNetTrainer):
@@ -62,12 +66,9 @@ class nnUNetTrainerCPUDemo(_CPUThreadsMixin, nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = self.schedule_epochs
-        self.num_iterations_per_epoch = self.schedule_iterations_per_epoch
-        self.num_val_iterations_per_epoch = self.schedule_val_iterations_per_epoch
         # few epochs: nnU-Net's poly schedule from 1e-2 decays too early to converge; start higher.
         self.initial_lr = 2e-2
-        self._apply_cpu_threads()
+        self._apply_schedule()
 
 
 class CPUSEMSchedule(_CPUThreadsMixin):
@@ -92,13 +93,10 @@ class CPUSEMSchedule(_CPUThreadsMixin):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = self.schedule_epochs
-        self.num_iterations_per_epoch = self.schedule_iterations_per_epoch
-        self.num_val_iterations_per_epoch = self.schedule_val_iterations_per_epoch
         self.initial_lr = self.schedule_initial_lr
         self._budget_s = self.time_budget_s()
         self._budget_started = None
-        self._apply_cpu_threads()
+        self._apply_schedule()
 
     @classmethod
     def time_budget_s(cls) -> float:
