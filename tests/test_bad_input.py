@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from nnunet_ext.cli import main as cli_main
+from test_bids_microscopy import _axonmyelin as axonmyelin_phantom
 
 SHAPE = (40, 48)
 
@@ -21,15 +22,7 @@ SHAPE = (40, 48)
 # ----------------------------------------------------------------------------------------------------- helpers
 def _axonmyelin(shape=SHAPE, seed=0) -> np.ndarray:
     """A 0/127/255 AxonDeepSeg mask: a few axons (255) in myelin rings (127)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    mask = np.zeros(shape, np.uint8)
-    for _ in range(3):
-        cy, cx, r = rng.integers(8, shape[0] - 8), rng.integers(8, shape[1] - 8), rng.integers(3, 6)
-        distance = np.hypot(yy - cy, xx - cx)
-        mask[distance < r + 2] = 127
-        mask[distance < r] = 255
-    return mask
+    return axonmyelin_phantom(shape, seed)
 
 
 def _png(path: Path, array: np.ndarray) -> Path:

@@ -30,6 +30,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from nnunet_ext.io.atomic import save_figure
+
 #: Per-fibre metrics compared: name -> per-axon column of the morphometrics table.
 FIBRE_METRICS = {"axon_diam": "axon_diam (um)", "myelin_thickness": "myelin_thickness (um)", "gratio": "gratio",
                  "fiber_diam": "fiber_diam (um)"}
@@ -266,27 +268,37 @@ _LABELS = {"axon_diam": "axon diameter (um)", "myelin_thickness": "myelin thickn
            "fiber_diam": "fibre diameter (um)"}
 
 
-def _figure_metrics(metrics):
-    return list(metrics or ("axon_diam", "myelin_thickness", "gratio"))
-
-
-def plot_bland_altman(fibres: pd.DataFrame, path, metrics: Sequence[str] | None = None,
-                      statistics: pd.DataFrame | None = None, title: str | None = None, overwrite: bool = True):
-    """Bland-Altman plots (difference pred - ref against the pair's mean), one panel per metric, as one PNG."""
+def _metric_panels(fibres: pd.DataFrame, metrics, statistics, panel_width: float):
+    """A figure with one panel per metric, and per panel (axis, metric, reference values, predicted values, the
+    metric's row of :func:`agreement_statistics`); g-ratio and myelin thickness only where both g-ratios are valid."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from nnunet_ext.io.atomic import save_figure
-
-    metrics = _figure_metrics(metrics)
+    metrics = list(metrics or ("axon_diam", "myelin_thickness", "gratio"))
     statistics = agreement_statistics(fibres) if statistics is None else statistics
-    figure, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 4), squeeze=False)
+    figure, axes = plt.subplots(1, len(metrics), figsize=(panel_width * len(metrics), 4), squeeze=False)
+    panels = []
     for axis, name in zip(axes[0], metrics):
         subset = fibres[fibres["gratio_valid_both"]] if name in ("gratio", "myelin_thickness") else fibres
-        ref, pred = subset[f"ref_{name}"].to_numpy(float), subset[f"pred_{name}"].to_numpy(float)
-        stats = statistics[statistics["metric"] == name].iloc[0]
+        panels.append((axis, name, subset[f"ref_{name}"].to_numpy(float), subset[f"pred_{name}"].to_numpy(float),
+                       statistics[statistics["metric"] == name].iloc[0]))
+    return figure, panels
+
+
+def _save_panels(figure, path, title: str | None, overwrite: bool):
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return save_figure(figure, path, overwrite=overwrite, dpi=110)
+
+
+def plot_bland_altman(fibres: pd.DataFrame, path, metrics: Sequence[str] | None = None,
+                      statistics: pd.DataFrame | None = None, title: str | None = None, overwrite: bool = True):
+    """Bland-Altman plots (difference pred - ref against the pair's mean), one panel per metric, as one PNG."""
+    figure, panels = _metric_panels(fibres, metrics, statistics, 4.6)
+    for axis, name, ref, pred, stats in panels:
         axis.scatter((ref + pred) / 2, pred - ref, s=5, alpha=0.45, color="tab:blue", linewidths=0)
         for value, style, label in ((stats["bias"], "-", f"bias {stats['bias']:+.3g}"),
                                     (stats["loa_low"], "--", f"95% LoA [{stats['loa_low']:+.3g}, "
@@ -300,29 +312,14 @@ def plot_bland_altman(fibres: pd.DataFrame, path, metrics: Sequence[str] | None 
         axis.set_title(f"{_LABELS[name]} (n = {int(stats['n'])}, ICC(2,1) {stats['icc_2_1']:.2f})", fontsize=9)
         axis.legend(fontsize=7, loc="best")
         axis.grid(alpha=0.3)
-    if title:
-        figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    return save_figure(figure, path, overwrite=overwrite, dpi=110)
+    return _save_panels(figure, path, title, overwrite)
 
 
 def plot_scatter(fibres: pd.DataFrame, path, metrics: Sequence[str] | None = None,
                  statistics: pd.DataFrame | None = None, title: str | None = None, overwrite: bool = True):
     """Predicted against reference value per matched fibre, with the identity line, one panel per metric."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from nnunet_ext.io.atomic import save_figure
-
-    metrics = _figure_metrics(metrics)
-    statistics = agreement_statistics(fibres) if statistics is None else statistics
-    figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4), squeeze=False)
-    for axis, name in zip(axes[0], metrics):
-        subset = fibres[fibres["gratio_valid_both"]] if name in ("gratio", "myelin_thickness") else fibres
-        ref, pred = subset[f"ref_{name}"].to_numpy(float), subset[f"pred_{name}"].to_numpy(float)
-        stats = statistics[statistics["metric"] == name].iloc[0]
+    figure, panels = _metric_panels(fibres, metrics, statistics, 4.2)
+    for axis, name, ref, pred, stats in panels:
         axis.scatter(ref, pred, s=5, alpha=0.45, color="tab:green", linewidths=0)
         finite = np.concatenate([ref, pred])
         finite = finite[np.isfinite(finite)]
@@ -334,7 +331,4 @@ def plot_scatter(fibres: pd.DataFrame, path, metrics: Sequence[str] | None = Non
         axis.set_title(f"r = {stats['pearson_r']:.3f}, ICC(2,1) = {stats['icc_2_1']:.3f}, n = {int(stats['n'])}",
                        fontsize=9)
         axis.grid(alpha=0.3)
-    if title:
-        figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    return save_figure(figure, path, overwrite=overwrite, dpi=110)
+    return _save_panels(figure, path, title, overwrite)

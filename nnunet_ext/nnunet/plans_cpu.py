@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Callable, Sequence
+
+from nnunet_ext.io.atomic import write_json_atomically
 
 CPU_PLANS_NAME = "nnUNetPlans_cpu"
 #: The CPU plans' defaults, stated once: a 4-stage U-Net with these features, this batch, these patches.
@@ -86,10 +87,7 @@ def derive_plans(dataset: str | int, target_plans: str, edit: Callable[[str, dic
         configuration["data_identifier"] = f"{target_plans}_{name}"
         edit(name, configuration)
         derived["configurations"][name] = configuration
-    tmp = target_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(derived, indent=4, sort_keys=False))
-    os.replace(tmp, target_file)
-    return target_file
+    return write_json_atomically(derived, target_file, indent=4)
 
 
 def _resolved_configuration(plans: dict, name: str) -> dict:

@@ -94,6 +94,14 @@ def resolve_model_folder(path: str | os.PathLike, folds: Sequence[int | str] | N
     return str(path), tuple(str(f) for f in folds)
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_cpu_threads() -> int:
     """Torch CPU threads for ``segment`` when ``--threads`` is not given: ``OMP_NUM_THREADS`` when set (as the CPU
     trainers honour it), else the cores this process may use minus those already busy (the 1-minute load average),
@@ -102,10 +110,7 @@ def default_cpu_threads() -> int:
     text = os.environ.get("OMP_NUM_THREADS", "").strip()
     if text.isdigit() and int(text) > 0:
         return int(text)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    cores = available_cores()
     try:
         busy = os.getloadavg()[0]
     except (AttributeError, OSError):

@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -46,11 +44,15 @@ from typing import Sequence
 
 import numpy as np
 
+from nnunet_ext.io.atomic import replace_folder, write_json_atomically
+from nnunet_ext.io.bids import ADS_AXON_VALUE, ADS_MYELIN_VALUE
+from nnunet_ext.io.images import write_png
 from nnunet_ext.io.slides import SlideSource, block_grid, dask_client, open_slide, read_labels, run_block_tasks
 from nnunet_ext.segmentation.slide_normalisation import (SlideStatistics, block_statistics, check_slide_preprocessing,
                                                          combine_statistics, normalize_block)
 from nnunet_ext.segmentation.slide_tiling import axis_tiles, axis_window
-from nnunet_ext.segmentation.predictor import ModelSpec, borrowed_predictor, cached_predictor, model_info
+from nnunet_ext.segmentation.predictor import (ModelSpec, available_cores, borrowed_predictor, cached_predictor,
+                                               model_info)
 
 PARTIAL_SUFFIX = ".partial"
 PROGRESS_FOLDER = ".blocks_done"
@@ -133,17 +135,15 @@ def predict_block(spec: ModelSpec, source, core, plan: SlidePlan) -> dict:
     if probabilities is not None:
         group["probabilities"][:, y0:y1, x0:x1] = probabilities
     marker = _marker(plan.output, core)
-    marker.parent.mkdir(exist_ok=True)
-    temporary = marker.with_name(marker.name + f".{os.getpid()}-{threading.get_ident()}.tmp")
-    temporary.write_text(json.dumps({"seconds": time.perf_counter() - started, "predicted_pixels": predicted_pixels}))
-    os.replace(temporary, marker)  # the marker appears only once the block's data is written
+    # the marker appears (atomically) only once the block's data is written
+    write_json_atomically({"seconds": time.perf_counter() - started, "predicted_pixels": predicted_pixels}, marker)
     return {"core": core, "seconds": time.perf_counter() - started, "predicted_pixels": predicted_pixels}
 
 
 def _cluster_worker_threads() -> int:
     """Torch threads for one block on a ``dask.distributed`` worker: its cores shared by the worker's threads (each
     predicts a block with its own copy of the model)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     try:
         from distributed import get_worker
 
@@ -338,7 +338,7 @@ def segment_slide(source, output: str | os.PathLike, spec: ModelSpec, block_size
     group.attrs[METADATA_KEY] = metadata
     group.attrs["ome"] = _ome_metadata(output.name, pixel_size_um)
     shutil.rmtree(partial / PROGRESS_FOLDER, ignore_errors=True)
-    _replace(partial, output)
+    replace_folder(partial, output)
     return SlideResult(output, slide.shape, len(grid), len(grid) - len(todo), seconds, statistics, metadata,
                        statistics_seconds)
 
@@ -411,24 +411,10 @@ def _ome_metadata(name: str, pixel_size_um: float | None) -> dict:
         {"path": "labels", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}]}
 
 
-def _replace(partial: Path, output: Path) -> None:
-    """Rename the finished output into place; an old output is moved aside first and deleted after."""
-    aside = None
-    if output.exists():
-        aside = output.with_name(output.name + ".old")
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(output, aside)
-    os.replace(partial, output)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-
-
 def save_overview_png(path: str | os.PathLike, labels, myelin_value: int, axon_value: int,
                       max_side: int = 2048) -> Path:
     """A subsampled AxonDeepSeg-style axonmyelin PNG (axon 255, myelin 127) of a large label array, read chunk by
     chunk."""
-    from PIL import Image
-
     height, width = labels.shape
     step = max(1, math.ceil(max(height, width) / max_side))
     overview = np.zeros((-(-height // step), -(-width // step)), np.uint8)
@@ -437,11 +423,7 @@ def save_overview_png(path: str | os.PathLike, labels, myelin_value: int, axon_v
     for y in range(0, height, rows_per_read):
         stripe = np.asarray(labels[y:y + rows_per_read, :])[::step, ::step]
         values = np.zeros(stripe.shape, np.uint8)
-        values[stripe == myelin_value] = 127
-        values[stripe == axon_value] = 255
+        values[stripe == myelin_value] = ADS_MYELIN_VALUE
+        values[stripe == axon_value] = ADS_AXON_VALUE
         overview[y // step:y // step + values.shape[0]] = values
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(overview).save(temporary)
-    os.replace(temporary, path)
-    return path
+    return write_png(path, overview)

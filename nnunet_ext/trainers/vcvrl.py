@@ -26,6 +26,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 
+from nnunet_ext.io.atomic import atomic_output_path, save_figure
 from nnunet_ext.trainers.cpu import CPUSmokeSchedule
 from nnunet_ext.trainers.losses.vcvrl_loss import VCVRLConfig, VoxelSimSiamLoss, label_pools, region_pools
 
@@ -279,11 +280,7 @@ class nnUNetTrainerVCVRL(nnUNetTrainer):
         axes.legend(handles, [h.get_label() for h in handles], loc="upper right")
         axes.set_title(f"{self.__class__.__name__}: segmentation and VCV-RL similarity losses")
         figure.tight_layout()
-        target = os.path.join(self.output_folder, PROGRESS_PLOT)
-        temporary = target + ".tmp.png"
-        figure.savefig(temporary)
-        plt.close(figure)
-        os.replace(temporary, target)
+        save_figure(figure, os.path.join(self.output_folder, PROGRESS_PLOT), dpi="figure")
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def save_checkpoint(self, filename: str) -> None:
@@ -295,9 +292,8 @@ class nnUNetTrainerVCVRL(nnUNetTrainer):
         checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
         checkpoint[CHECKPOINT_KEY] = {"config": self.vcvrl_config.to_dict(),
                                       "state_dict": self.vcvrl_loss.state_dict()}
-        temporary = f"{filename}.tmp"
-        torch.save(checkpoint, temporary)
-        os.replace(temporary, filename)
+        with atomic_output_path(filename) as temporary:
+            torch.save(checkpoint, temporary)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
