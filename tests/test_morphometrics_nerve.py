@@ -64,11 +64,3 @@ def test_nerve_from_an_nnunet_label_and_the_cli(tmp_path):
     assert cli_main(["morphometrics", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--pixel-size", "0.1",
                      "--nerve-label", "4", "--no-qc"]) == 0
     _check(tmp_path / "out", "s")
-
-
-def test_nerve_on_a_slide_is_refused_clearly(tmp_path, capsys):
-    _, label = _scene()
-    Image.fromarray(label).save(tmp_path / "s.png")
-    assert cli_main(["morphometrics", str(tmp_path / "s.png"), "-o", str(tmp_path / "out"), "--pixel-size", "0.1",
-                     "--nerve", "--chunk-size", "512"]) != 0
-    assert "not available for whole slides yet" in capsys.readouterr().err

@@ -53,7 +53,9 @@ def register_cli(subparsers) -> None:
                             "outside the nerve are removed; writes <name>_nerve_morphometrics.json (fascicle areas, "
                             "per-fascicle and total axon density as ADS, plus per-fascicle AVF, MVF, aggregate "
                             "g-ratio) and <name>_fascicles.csv. MASK: a nerve mask (one input) or a folder of "
-                            "<name>_seg-nerve.png; without MASK each input's <name>_seg-nerve.png beside it")
+                            "<name>_seg-nerve.png; without MASK each input's <name>_seg-nerve.png beside it. On a "
+                            "whole slide MASK is a Zarr/TIFF/PNG (at its resolution or downsampled by a whole "
+                            "factor) and fascicles are joined across chunks: measured exactly, whatever their size")
     modes.add_argument("--nerve-label", type=int, default=None, metavar="V",
                        help="nerve mode with the nerve from label images: value V (nerve tissue) with the axon "
                             "and myelin pixels")
@@ -62,7 +64,7 @@ def register_cli(subparsers) -> None:
                             "(its column order and unnamed index; needs openpyxl: pip install 'nnunet-ext[xlsx]')")
     modes.add_argument("--no-index-maps", action="store_true",
                        help="skip AxonDeepSeg's index images (on by default: <name>_index.png with each axon's "
-                            "0-based row number at its centroid, and _axonmyelin_index.png)")
+                            "0-based row number at its centroid, and _axonmyelin_index.png; not for whole slides)")
     modes.add_argument("-c", "--colorize", action="store_true",
                        help="also AxonDeepSeg's instance maps (its -c): <name>_colorized.png and the 16-bit "
                             "<name>_instance-map.png, from the fibres already measured (about 0.05 s per image of "
@@ -131,16 +133,17 @@ def _run(args) -> int:
     if args.chunk_size is not None or args.input.rstrip("/").lower().endswith(".zarr") or _large_tiff(args):
         if args.postprocess:
             raise ValueError("--postprocess is not available for whole slides (measured chunk by chunk)")
-        if args.nerve is not None or args.nerve_label is not None:
-            raise ValueError("--nerve/--nerve-label are not available for whole slides yet (measured chunk by "
-                             "chunk); measure the slide's fascicles as images")
+        if args.colorize:
+            raise ValueError("-c/--colorize is not available for whole slides (an instance map as large as the "
+                             "slide); the QC overview shows the axons")
         summary = run_slide(
             args.input, args.output, args.pixel_size, chunk_size=args.chunk_size or 2048, halo=args.halo,
             axon_shape=args.axon_shape, myelin_label=args.myelin_label, axon_label=args.axon_label,
             maps=args.maps, tile_size_px=tile_px, tile_size_um=tile_um, scheduler=args.scheduler,
             workers=args.workers, min_axon_area_um2=args.min_axon_area, drop_border=args.drop_border,
             drop_invalid=args.drop_invalid, qc=not args.no_qc, overwrite=args.overwrite, roi=args.roi,
-            image_name=args.image_name)
+            image_name=args.image_name, nerve=args.nerve, nerve_label=args.nerve_label,
+            table_format=args.table_format)
         return _report(summary, args.output)
     if args.image_name is not None:
         raise ValueError("--image-name names a whole slide (*.zarr or --chunk-size); images are named after their "

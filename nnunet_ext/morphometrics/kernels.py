@@ -137,6 +137,15 @@ def mask_components(axon, myelin):
     return fill_components(axon, myelin, False)
 
 
+def label_components_4(mask) -> tuple[np.ndarray, int]:
+    """4-connected components of a mask, int32 1..n in raster order of their first pixels, and n: the labels of
+    ``scipy.ndimage.label``'s default and of AxonDeepSeg's ``measure.label(connectivity=1)`` (fascicles,
+    unmyelinated axons)."""
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    labels, count = fill_components(mask, mask, False)
+    return labels, int(count)
+
+
 def label_axons(axon):
     """8-connected labels of ``axon``, as ``scipy.ndimage.label`` (see ``_kernels.label_axons``)."""
     return fill_components(axon, axon, True)

@@ -21,6 +21,7 @@ from nnunet_ext.morphometrics.axon import (as_binary_mask, axon_morphometrics, m
                                            prepare_masks)
 from nnunet_ext.morphometrics.maps import save_map_pngs, tile_morphometrics, tile_size_in_pixels, tiles_from_counts
 from nnunet_ext.morphometrics.qc import save_qc_overlay
+from nnunet_ext.morphometrics.nerve import write_nerve_json
 from nnunet_ext.morphometrics.slide_chunks import slide_morphometrics
 
 # AxonDeepSeg's single-file mask (mask.png of its training data): value -> class
@@ -210,7 +211,10 @@ def load_masks(item: MorphometricsInput, myelin_label: int = 1, axon_label: int 
             from scipy import ndimage as ndi
 
             tissue = label == nerve_label
-            parts, _ = ndi.label(tissue | (label == myelin_label) | (label == axon_label))
+            fibre = (label == myelin_label) | (label == axon_label)
+            if UAXON_LABEL in present and UAXON_LABEL not in (nerve_label, myelin_label, axon_label):
+                fibre |= label == UAXON_LABEL  # unmyelinated axons inside a fascicle belong to the nerve too
+            parts, _ = ndi.label(tissue | fibre)
             extra["nerve"] = np.isin(parts, np.unique(parts[tissue]))
             values.discard(nerve_label)
         if extra is not None and UAXON_LABEL in values and "uaxon" not in extra and UAXON_LABEL != nerve_label \
@@ -515,27 +519,42 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
               tile_size_um: float | None = None, scheduler: str | None = None, workers: int | None = None,
               min_axon_area_um2: float | None = None, drop_border: bool = False, drop_invalid: bool = False,
               qc: bool = True, overwrite: bool = False, roi: str | os.PathLike | None = None,
-              image_name: str | None = None) -> dict:
+              image_name: str | None = None, nerve: str | os.PathLike | bool | None = None,
+              nerve_label: int | None = None, uaxon_label: int | None = UAXON_LABEL,
+              table_format: str = "csv") -> dict:
     """Whole-slide version of :func:`run_morphometrics` for one Zarr / OME-Zarr / TIFF label image.
 
     ``roi``: an ROI mask (Zarr, TIFF or PNG; at the slide's resolution or downsampled by a whole factor), see
     :func:`~nnunet_ext.morphometrics.slide_chunks.slide_morphometrics`. ``image_name`` names the rows and output files
     (default: :func:`slide_image_name`). The pixel size is ``pixel_size_um``, else the OME-Zarr metadata, a
     sidecar or ``pixel_size_in_micrometer.txt`` (:func:`~nnunet_ext.io.pixel_size.find_pixel_size`).
+
+    The modes of :func:`run_morphometrics`, with the same files: ``nerve`` (a nerve mask as ``roi`` is given, or
+    True for ``<name>_seg-nerve.{zarr,tif,tiff,png}`` beside the slide) or ``nerve_label`` (the nerve from the label
+    slide), whose fascicles are joined across chunks, so measured exactly whatever their size; unmyelinated axons,
+    label ``uaxon_label`` (None: that value is refused as unknown), written when the slide has any. No index
+    images for slides (a number per axon on a whole slide is not readable; the QC overview shows the axons).
     """
+    from nnunet_ext.morphometrics.nerve import FASCICLE_CSV_SUFFIX, NERVE_JSON_SUFFIX, fascicle_report
 
     source = Path(source)
     name = image_name or slide_image_name(source)
     pixel_size, pixel_source = find_pixel_size(source, pixel_size_um)
     out_dir = Path(out_dir)
-    planned = [COMBINED_CSV, AGGREGATE_CSV, f"{name}_axon_morphometrics.csv"]
+    if table_format not in ("csv", "xlsx"):
+        raise ValueError(f"table format must be 'csv' or 'xlsx', got {table_format!r}")
+    planned = [COMBINED_CSV, AGGREGATE_CSV, f"{name}_axon_morphometrics.{table_format}"]
     existing = [p for p in planned if (out_dir / p).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out_dir}: {', '.join(existing)} already exist; use --overwrite to replace them")
+    if uaxon_label in (myelin_label, axon_label, nerve_label):
+        uaxon_label = None  # that value means something else here
+    nerve_mask = _slide_nerve_path(source, name) if nerve is True else nerve
     tile = tile_size_in_pixels(pixel_size, tile_size_px, tile_size_um) if maps else None
     result = slide_morphometrics(source, pixel_size, chunk_size, halo, axon_shape, myelin_label, axon_label,
                                  tile_size_px=tile, scheduler=scheduler, num_workers=workers, image_name=name,
-                                 roi=roi)
+                                 roi=roi, nerve=nerve_mask, nerve_label=nerve_label, uaxon_label=uaxon_label,
+                                 work_dir=out_dir.parent if scheduler else None)
     filters = {"min_axon_area_um2": min_axon_area_um2, "drop_border": drop_border, "drop_invalid": drop_invalid}
     kept = apply_filters(result.per_axon, **filters)
     inside = kept if result.in_roi is None else kept[result.in_roi[kept.index.to_numpy()]]
@@ -549,11 +568,27 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
     aggregate.update(image=name, source=str(source), pixel_size_um=pixel_size, pixel_size_source=pixel_source,
                      axon_shape=axon_shape, roi=_roi_text(roi), filters=filter_text,
                      axons_filtered_out=len(result.per_axon) - len(kept), halo_exceeded=result.halo_exceeded)
+    columns = ["image", "source", "pixel_size_um", "pixel_size_source", "axon_shape", "roi", "filters",
+               "axons_filtered_out", "halo_exceeded"] + [k for k in AGGREGATE_KEYS if k != "image"]
+    uaxon = result.uaxon if result.uaxon is not None and len(result.uaxon) else None
     with scratch_folder(out_dir) as tmp:
-        kept.to_csv(tmp / f"{name}_axon_morphometrics.csv", index=False, na_rep="NaN")
+        if result.fascicle_counts is not None:
+            nerve_data, kept, fascicles = fascicle_report(kept, result.fascicle_counts, pixel_size)
+            write_nerve_json(nerve_data, tmp / f"{name}{NERVE_JSON_SUFFIX}")
+            fascicles.to_csv(tmp / f"{name}{FASCICLE_CSV_SUFFIX}", index=False, na_rep="NaN")
+            aggregate.update(fascicle_count=len(fascicles), nerve_area_um2=nerve_data["total_area"]["value"],
+                             total_axon_density_per_um2=nerve_data["total_axon_density"]["value"])
+            columns += ["fascicle_count", "nerve_area_um2", "total_axon_density_per_um2"]
+        if uaxon is not None:
+            from nnunet_ext.morphometrics.unmyelinated import POPULATION_KEYS, population_summary
+
+            aggregate.update(population_summary(len(kept), uaxon, aggregate["area (mm^2)"] * 1e6),
+                             uaxon_halo_exceeded=result.uaxon_halo_exceeded)
+            columns += POPULATION_KEYS + ["uaxon_halo_exceeded"]
+            _write_csv(uaxon, tmp / f"{name}_uaxon_morphometrics.{table_format}")
+            uaxon.to_csv(tmp / UAXON_CSV, index=False, na_rep="NaN")
+        _write_csv(kept, tmp / f"{name}_axon_morphometrics.{table_format}")
         kept.to_csv(tmp / COMBINED_CSV, index=False, na_rep="NaN")
-        columns = ["image", "source", "pixel_size_um", "pixel_size_source", "axon_shape", "roi", "filters",
-                   "axons_filtered_out", "halo_exceeded"] + [k for k in AGGREGATE_KEYS if k != "image"]
         pd.DataFrame([aggregate], columns=columns).to_csv(tmp / AGGREGATE_CSV, index=False, na_rep="NaN")
         if maps:
             tiles = result.tiles
@@ -568,10 +603,27 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
             save_qc_overlay(tmp / f"{name}_qc.png", result.overview == axon_label, result.overview == myelin_label,
                             overview_axons, pixel_size * step)
         written = publish_files(tmp, out_dir)
-    if result.halo_exceeded:
-        warnings.warn(f"{source}: {result.halo_exceeded} fibre(s) reach a chunk halo (noted in the CSV); rerun "
-                      f"with a larger --halo for exact values")
-    return {"images": 1, "axons": len(kept), "files": written, "aggregates": [aggregate]}
+    if result.halo_exceeded or result.uaxon_halo_exceeded:
+        cut = [f"{n} {what}" for n, what in ((result.halo_exceeded, "fibre(s)"),
+                                             (result.uaxon_halo_exceeded, "unmyelinated axon(s)")) if n]
+        warnings.warn(f"{source}: {' and '.join(cut)} reach a chunk halo (noted in the CSV); rerun with a larger "
+                      f"--halo for exact values")
+    return {"images": 1, "axons": len(kept), "files": written, "aggregates": [aggregate],
+            "uaxons": 0 if uaxon is None else len(uaxon)}
+
+
+def _slide_nerve_path(source: Path, name: str) -> Path:
+    """The nerve mask beside a slide: ``<stem>_seg-nerve`` or ``<name>_seg-nerve`` as Zarr, TIFF or PNG (for a
+    ``segment`` output ``<name>_seg.zarr``, ``<name>_seg-nerve.*`` beside it)."""
+    stem = strip_extension(source.name)
+    stems = list(dict.fromkeys([f"{stem}-nerve" if stem.endswith("_seg") else f"{stem}_seg-nerve",
+                                f"{name}_seg-nerve"]))
+    candidates = [source.parent / f"{stem}{ext}" for stem in stems for ext in (".zarr", ".tif", ".tiff", ".png")]
+    found = next((p for p in candidates if p.exists()), None)
+    if found is None:
+        raise FileNotFoundError(f"{source.parent}: no nerve mask {' or '.join(stems)} (.zarr, .tif, .png) beside "
+                                f"{source.name}; give it with --nerve MASK")
+    return found
 
 
 def _roi_text(roi) -> str:

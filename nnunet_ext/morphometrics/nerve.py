@@ -26,9 +26,7 @@ def fascicle_labels(nerve_mask: np.ndarray) -> tuple[np.ndarray, int]:
     """4-connected fascicles of a nerve mask, labelled 1..n in raster order (ADS's ids are these minus 1)."""
     from nnunet_ext.morphometrics import kernels  # scipy.ndimage.label's labels, without importing SciPy
 
-    mask = np.ascontiguousarray(np.asarray(nerve_mask) != 0)
-    labels, count = kernels.fill_components(mask, mask, False)
-    return labels, int(count)
+    return kernels.label_components_4(np.asarray(nerve_mask) != 0)
 
 
 def nerve_morphometrics(nerve_mask, axon, myelin, per_axon: pd.DataFrame, pixel_size_um: float
@@ -39,17 +37,28 @@ def nerve_morphometrics(nerve_mask, axon, myelin, per_axon: pd.DataFrame, pixel_
     ``axon``/``myelin`` must already be restricted to the nerve and ``per_axon`` measured on them (see
     :func:`restrict_to_nerve`).
     """
-    labels, count = fascicle_labels(nerve_mask)
-    pixel_area = pixel_size_um ** 2
     from nnunet_ext.morphometrics import kernels
 
+    labels, count = fascicle_labels(nerve_mask)
     pixels = kernels.label_stats(labels, count, 0, 0)[0]
     axon_pixels = np.bincount(labels[axon], minlength=count + 1)
     myelin_pixels = np.bincount(labels[myelin], minlength=count + 1)
     rows = np.clip(per_axon["y0 (px)"].to_numpy(float).astype(np.int64), 0, labels.shape[0] - 1)
     cols = np.clip(per_axon["x0 (px)"].to_numpy(float).astype(np.int64), 0, labels.shape[1] - 1)
     fascicle = labels[rows, cols].astype(np.int64) - 1 if len(per_axon) else np.zeros(0, np.int64)
-    per_axon = per_axon.assign(fascicle_id=fascicle)
+    return fascicle_report(per_axon.assign(fascicle_id=fascicle), (pixels, axon_pixels, myelin_pixels),
+                           pixel_size_um)
+
+
+def fascicle_report(per_axon: pd.DataFrame, counts: tuple, pixel_size_um: float
+                    ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """:func:`nerve_morphometrics`' outputs from a per-axon table with ``fascicle_id`` and each fascicle's
+    ``(pixels, axon pixels, myelin pixels)`` (arrays indexed by fascicle label 1..n, index 0 unused): the one
+    definition of the JSON and the fascicle table, for images and for slides measured chunk by chunk."""
+    pixels, axon_pixels, myelin_pixels = (np.asarray(c) for c in counts)
+    count = len(pixels) - 1
+    pixel_area = pixel_size_um ** 2
+    fascicle = per_axon["fascicle_id"].to_numpy(np.int64)
     fascicle_areas, records = {}, []
     for index in range(count):
         area = float(pixels[index + 1] * pixel_area)

@@ -19,7 +19,7 @@ from nnunet_ext.io.pixel_size import check_pixel_size
 ADS_UAXON_COLUMNS = ["x0 (px)", "y0 (px)", "axon_area (um^2)", "axon_perimeter (um)", "axon_diam (um)",
                      "eccentricity", "orientation", "solidity"]
 UAXON_COLUMNS = ["uaxon_id", *ADS_UAXON_COLUMNS, "image_border_touching", "bbox_min_y", "bbox_min_x", "bbox_max_y",
-                 "bbox_max_x", "image"]
+                 "bbox_max_x", "image", "note"]
 
 
 def uaxon_labels(uaxon_mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -27,17 +27,18 @@ def uaxon_labels(uaxon_mask: np.ndarray) -> tuple[np.ndarray, int]:
     raster order of their first pixels."""
     from nnunet_ext.morphometrics import kernels
 
-    mask = np.ascontiguousarray(np.asarray(uaxon_mask) != 0)
-    labels, count = kernels.fill_components(mask, mask, False)
-    return labels, int(count)
+    return kernels.label_components_4(np.asarray(uaxon_mask) != 0)
 
 
 def uaxon_morphometrics(uaxon_mask, pixel_size_um: float, axon_shape: str = "circle",
-                        image_name: str | None = None, labels: tuple[np.ndarray, int] | None = None) -> pd.DataFrame:
+                        image_name: str | None = None, labels: tuple[np.ndarray, int] | None = None,
+                        return_first: bool = False):
     """Per-unmyelinated-axon table (:data:`UAXON_COLUMNS`), one row per 4-connected component in raster order.
 
     The region properties come from the compiled kernels of the myelinated axons (scikit-image's definitions, one
-    pass over the image instead of ``regionprops``' ~1.5 ms an object)."""
+    pass over the image instead of ``regionprops``' ~1.5 ms an object). ``note`` is empty here (the chunked
+    path notes axons cut by a chunk's halo). ``return_first`` also returns each axon's first pixel (raveled
+    index), for the chunked path's raster order."""
     from nnunet_ext.morphometrics.axon import _finish, _InlineExecutor, _region_table
 
     pixel_size = check_pixel_size(pixel_size_um)
@@ -46,7 +47,8 @@ def uaxon_morphometrics(uaxon_mask, pixel_size_um: float, axon_shape: str = "cir
     label, count = labels if labels is not None else uaxon_labels(uaxon_mask)
     if count == 0:
         table = pd.DataFrame({c: pd.Series(dtype=float) for c in UAXON_COLUMNS})
-        return table.astype({"uaxon_id": np.int64, "image_border_touching": bool, "image": object})
+        table = table.astype({"uaxon_id": np.int64, "image_border_touching": bool, "image": object, "note": object})
+        return (table, np.zeros(0, np.int64)) if return_first else table
     with _InlineExecutor() as pool:
         region = _finish(_region_table(np.ascontiguousarray(label, dtype=np.int32), count, pool,
                                        with_convex_area=True))
@@ -64,9 +66,9 @@ def uaxon_morphometrics(uaxon_mask, pixel_size_um: float, axon_shape: str = "cir
         "image_border_touching": (bbox[:, 0] == 0) | (bbox[:, 1] == 0) | (bbox[:, 2] == height)
                                  | (bbox[:, 3] == width),
         "bbox_min_y": bbox[:, 0], "bbox_min_x": bbox[:, 1], "bbox_max_y": bbox[:, 2], "bbox_max_x": bbox[:, 3],
-        "image": image_name,
+        "image": image_name, "note": "",
     })
-    return table
+    return (table, region["first"][1:]) if return_first else table
 
 
 #: Aggregate columns of both populations (images without unmyelinated-axon masks leave them empty).

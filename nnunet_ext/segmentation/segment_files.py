@@ -207,8 +207,10 @@ def segment_inputs(inputs: list[SegmentationInput], out_dir: str | os.PathLike, 
     summary = {"records": records, "seconds": time.perf_counter() - started, "morphometrics": None,
                "output": out_dir}
     if morphometrics:
+        uaxon = labels_map.get("unmyelinated axon")
         summary["morphometrics"] = _run_morphometrics(inputs, out_dir, values, axon_shape, overwrite or
-                                                      continue_existing, scheduler, workers, postprocess)
+                                                      continue_existing, scheduler, workers, postprocess,
+                                                      uaxon if isinstance(uaxon, int) else None)
     return summary
 
 
@@ -252,15 +254,19 @@ def _segment_slide_input(item, folder, spec, labels_map, values, save_probabilit
                            source_file=None if isinstance(source, Path) else item.path)
     outputs = [output]
     labels = read_labels(output)
-    if values is not None:
-        outputs.append(save_overview_png(folder / f"{item.name}_seg-overview.png", labels, *values))
+    uaxon = labels_map.get("unmyelinated axon")
+    if values is not None:  # with an unmyelinated-axon class, its overview too (the label array keeps every class)
+        outputs += save_overview_png(folder / f"{item.name}_seg-overview.png", labels, *values,
+                                     uaxon_path=folder / f"{item.name}{ADS_UAXON_SUFFIX}-overview.png"
+                                     if isinstance(uaxon, int) else None, uaxon_value=uaxon)
     return SegmentationRecord(item.name, result.shape, time.perf_counter() - started, outputs, slide=True,
                               blocks=result.blocks, blocks_resumed=result.blocks_skipped)
 
 
 def _run_morphometrics(inputs, out_dir: Path, values, axon_shape, overwrite, scheduler, workers,
-                       postprocess: dict | None = None) -> dict:
-    """Chain the morphometrics batch API: images together, each slide on its own (block-wise)."""
+                       postprocess: dict | None = None, uaxon_label: int | None = None) -> dict:
+    """Chain the morphometrics batch API: images together, each slide on its own (block-wise; the unmyelinated
+    axons of a model with that class, ``uaxon_label``, measured from the label slide)."""
     myelin_value, axon_value = values
     target = out_dir / MORPHOMETRICS_FOLDER
     results = {}
@@ -275,5 +281,5 @@ def _run_morphometrics(inputs, out_dir: Path, values, axon_shape, overwrite, sch
             results[item.name] = run_slide(item.label_path(out_dir), target / item.name, item.pixel_size_um,
                                            axon_shape=axon_shape, myelin_label=myelin_value, axon_label=axon_value,
                                            scheduler=scheduler if isinstance(scheduler, str) else None,
-                                           workers=workers, overwrite=overwrite)
+                                           workers=workers, overwrite=overwrite, uaxon_label=uaxon_label)
     return results

@@ -412,12 +412,16 @@ def _ome_metadata(name: str, pixel_size_um: float | None) -> dict:
 
 
 def save_overview_png(path: str | os.PathLike, labels, myelin_value: int, axon_value: int,
-                      max_side: int = 2048) -> Path:
+                      max_side: int = 2048, uaxon_path: str | os.PathLike | None = None,
+                      uaxon_value: int | None = None) -> list[Path]:
     """A subsampled AxonDeepSeg-style axonmyelin PNG (axon 255, myelin 127) of a large label array, read chunk by
-    chunk."""
+    chunk; with ``uaxon_path`` in the same pass a subsampled unmyelinated-axon mask (``uaxon_value`` 255, as ADS's
+    ``_seg-uaxon.png``). Returns the paths written."""
     height, width = labels.shape
     step = max(1, math.ceil(max(height, width) / max_side))
-    overview = np.zeros((-(-height // step), -(-width // step)), np.uint8)
+    shape = (-(-height // step), -(-width // step))
+    overview = np.zeros(shape, np.uint8)
+    uaxon = np.zeros(shape, np.uint8) if uaxon_path is not None else None
     chunk = labels.chunks[0] if hasattr(labels, "chunks") else 4096
     rows_per_read = max(step, (chunk // step) * step)
     for y in range(0, height, rows_per_read):
@@ -426,4 +430,9 @@ def save_overview_png(path: str | os.PathLike, labels, myelin_value: int, axon_v
         values[stripe == myelin_value] = ADS_MYELIN_VALUE
         values[stripe == axon_value] = ADS_AXON_VALUE
         overview[y // step:y // step + values.shape[0]] = values
-    return write_png(path, overview)
+        if uaxon is not None:
+            uaxon[y // step:y // step + values.shape[0]] = (stripe == uaxon_value) * np.uint8(ADS_AXON_VALUE)
+    written = [write_png(path, overview)]
+    if uaxon is not None:
+        written.append(write_png(uaxon_path, uaxon))
+    return written
