@@ -207,5 +207,11 @@ def test_segment_style_slide_finds_its_nerve_and_refuses_colorize(tmp_path, caps
     tifffile.imwrite(tmp_path / "x_seg-nerve.tif", nerve.astype(np.uint8))
     assert cli_main(args + ["--nerve"]) == 0
     assert (tmp_path / "out" / "x_seg_nerve_morphometrics.json").is_file()  # named after the file (no metadata)
+    pytest.importorskip("openpyxl")
+    assert cli_main(args + ["--nerve", "--format", "xlsx", "-o", str(tmp_path / "xlsx")]) == 0
+    sheet = pd.read_excel(tmp_path / "xlsx" / "x_seg_axon_morphometrics.xlsx", index_col=0)
+    csv = pd.read_csv(tmp_path / "out" / "x_seg_axon_morphometrics.csv")
+    assert list(sheet.columns[:3]) == ["x0 (px)", "y0 (px)", "gratio"] and len(sheet) == len(csv) == 3
+    assert sheet["fascicle_id"].tolist() == csv["fascicle_id"].tolist() == [0, 1, 0]
     assert cli_main(args + ["--nerve", "-c", "--overwrite"]) != 0
     assert "not available for whole slides" in capsys.readouterr().err
