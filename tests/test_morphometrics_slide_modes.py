@@ -215,3 +215,43 @@ def test_segment_style_slide_finds_its_nerve_and_refuses_colorize(tmp_path, caps
     assert sheet["fascicle_id"].tolist() == csv["fascicle_id"].tolist() == [0, 1, 0]
     assert cli_main(args + ["--nerve", "-c", "--overwrite"]) != 0
     assert "not available for whole slides" in capsys.readouterr().err
+
+
+def test_uaxon_outputs_even_when_none_is_inside_the_nerve(tmp_path):
+    """A slide with unmyelinated axons only outside the nerve writes the (empty) tables and zero counts, as an
+    image does, and the myelinated fraction counts the axons of the same region."""
+    nerve, label = _scene()
+    label[30:34, 40:44] = 3  # outside both fascicles
+    Image.fromarray(nerve.astype(np.uint8) * 255).save(tmp_path / "nerve.png")
+    memory = _in_memory(tmp_path, label, "--nerve", str(tmp_path / "nerve.png"))
+    chunked = _on_slide(tmp_path, label, "--nerve", str(tmp_path / "nerve.png"))
+    for out in (memory, chunked):
+        assert len(pd.read_csv(out / "s_uaxon_morphometrics.csv")) == 0
+        aggregate = pd.read_csv(out / "aggregate_morphometrics.csv").iloc[0]
+        assert aggregate["uaxon_count"] == 0 and aggregate["myelinated_fraction"] == 1
+    _same_aggregates(memory, chunked)
+    assert list(pd.read_csv(chunked / "aggregate_morphometrics.csv").columns[-3:]) == [
+        "fascicle_count", "nerve_area_um2", "total_axon_density_per_um2"]  # the image path's order
+
+
+def test_nerve_label_on_a_cluster_into_a_new_folder(scene, tmp_path):
+    """--nerve-label through a dask.distributed scheduler: the nerve Zarr is built beside an output folder whose
+    parents do not exist yet, and the result equals the threaded run."""
+    from distributed import LocalCluster
+
+    from nnunet_ext.morphometrics.measure_files import run_slide
+
+    fibres, nerve = scene
+    label = np.where(nerve & (fibres == 0), 4, fibres).astype(np.uint8)
+    import zarr
+
+    zarr.create_array(str(tmp_path / "s.zarr"), data=label, chunks=(64, 64))
+    threads = run_slide(tmp_path / "s.zarr", tmp_path / "threads", 0.1, chunk_size=64, halo=48, nerve_label=4,
+                        qc=False)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        run_slide(tmp_path / "s.zarr", tmp_path / "results" / "run1", 0.1, chunk_size=64, halo=48, nerve_label=4,
+                  qc=False, scheduler=cluster.scheduler_address)
+    _same_outputs(tmp_path / "threads", tmp_path / "results" / "run1", ["s_axon_morphometrics.csv",
+                                                                        "s_fascicles.csv"])
+    assert threads["aggregates"][0]["fascicle_count"] >= 2
+    assert not [p for p in (tmp_path / "results").iterdir() if p.name.startswith(".")]  # scratch removed

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from nnunet_ext.io.atomic import publish_files, scratch_folder
 from nnunet_ext.io.bids import UAXON_LABEL, find_bids_images, find_sidecar, is_bids_dataset, read_label_image
-from nnunet_ext.io.images import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, read_image_2d, strip_extension
+from nnunet_ext.io.images import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, is_zarr, read_image_2d, strip_extension
 from nnunet_ext.io.pixel_size import PIXEL_SIZE_FILE, PixelSizeNotFoundError, check_pixel_size, find_pixel_size
 from nnunet_ext.morphometrics.aggregate_metrics import AGGREGATE_KEYS, aggregate_from_counts, aggregate_morphometrics
 from nnunet_ext.morphometrics.axon import (as_binary_mask, axon_morphometrics, masks_from_label_image, measure_axons,
@@ -365,7 +365,9 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
                 if roi_mask is not None:  # with a nerve: the nerve (within the ROI, if any)
                     uaxon &= roi_mask
                 uaxon_table = uaxon_morphometrics(uaxon, item.pixel_size_um, axon_shape, image_name=item.name)
-                aggregate.update(population_summary(len(kept), uaxon_table, aggregate["area (mm^2)"] * 1e6))
+                # the myelinated axons of the same region (the ROI and nerve) as the unmyelinated ones
+                aggregate.update(population_summary(aggregate["axon_count"], uaxon_table,
+                                                    aggregate["area (mm^2)"] * 1e6))
                 uaxon_tables.append(uaxon_table)
                 _write_csv(uaxon_table, tmp / f"{item.name}_uaxon_morphometrics.{table_format}")
             if nerve_mask is not None:
@@ -532,7 +534,7 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
     The modes of :func:`run_morphometrics`, with the same files: ``nerve`` (a nerve mask as ``roi`` is given, or
     True for ``<name>_seg-nerve.{zarr,tif,tiff,png}`` beside the slide) or ``nerve_label`` (the nerve from the label
     slide), whose fascicles are joined across chunks, so measured exactly whatever their size; unmyelinated axons,
-    label ``uaxon_label`` (None: that value is refused as unknown), written when the slide has any. No index
+    label ``uaxon_label`` (None: that value is refused as unknown), written when the slide has any pixel of it. No index
     images for slides (a number per axon on a whole slide is not readable; the QC overview shows the axons).
     """
     from nnunet_ext.morphometrics.nerve import FASCICLE_CSV_SUFFIX, NERVE_JSON_SUFFIX, fascicle_report
@@ -550,11 +552,14 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
     if uaxon_label in (myelin_label, axon_label, nerve_label):
         uaxon_label = None  # that value means something else here
     nerve_mask = _slide_nerve_path(source, name) if nerve is True else nerve
+    if isinstance(nerve_mask, (str, os.PathLike)) and Path(nerve_mask).is_dir() and not is_zarr(Path(nerve_mask)):
+        raise ValueError(f"{nerve_mask}: a folder; a whole slide takes one nerve mask (Zarr, TIFF or PNG), or "
+                         f"--nerve alone for <name>_seg-nerve.* beside it")
     tile = tile_size_in_pixels(pixel_size, tile_size_px, tile_size_um) if maps else None
     result = slide_morphometrics(source, pixel_size, chunk_size, halo, axon_shape, myelin_label, axon_label,
                                  tile_size_px=tile, scheduler=scheduler, num_workers=workers, image_name=name,
                                  roi=roi, nerve=nerve_mask, nerve_label=nerve_label, uaxon_label=uaxon_label,
-                                 work_dir=out_dir.parent if scheduler else None)
+                                 work_dir=out_dir.resolve().parent if scheduler else None)
     filters = {"min_axon_area_um2": min_axon_area_um2, "drop_border": drop_border, "drop_invalid": drop_invalid}
     kept = apply_filters(result.per_axon, **filters)
     inside = kept if result.in_roi is None else kept[result.in_roi[kept.index.to_numpy()]]
@@ -570,8 +575,17 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
                      axons_filtered_out=len(result.per_axon) - len(kept), halo_exceeded=result.halo_exceeded)
     columns = ["image", "source", "pixel_size_um", "pixel_size_source", "axon_shape", "roi", "filters",
                "axons_filtered_out", "halo_exceeded"] + [k for k in AGGREGATE_KEYS if k != "image"]
-    uaxon = result.uaxon if result.uaxon is not None and len(result.uaxon) else None
+    # written whenever the slide has unmyelinated axons, as for images (even if none is inside the ROI or nerve)
+    uaxon = result.uaxon if result.uaxon is not None and (len(result.uaxon) or result.uaxon_present) else None
     with scratch_folder(out_dir) as tmp:
+        if uaxon is not None:  # the aggregate's columns in the order of the image path: populations, then nerve
+            from nnunet_ext.morphometrics.unmyelinated import POPULATION_KEYS, population_summary
+
+            aggregate.update(population_summary(aggregate["axon_count"], uaxon, aggregate["area (mm^2)"] * 1e6),
+                             uaxon_halo_exceeded=result.uaxon_halo_exceeded)
+            columns += POPULATION_KEYS + ["uaxon_halo_exceeded"]
+            _write_csv(uaxon, tmp / f"{name}_uaxon_morphometrics.{table_format}")
+            uaxon.to_csv(tmp / UAXON_CSV, index=False, na_rep="NaN")
         if result.fascicle_counts is not None:
             nerve_data, kept, fascicles = fascicle_report(kept, result.fascicle_counts, pixel_size)
             write_nerve_json(nerve_data, tmp / f"{name}{NERVE_JSON_SUFFIX}")
@@ -579,14 +593,6 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
             aggregate.update(fascicle_count=len(fascicles), nerve_area_um2=nerve_data["total_area"]["value"],
                              total_axon_density_per_um2=nerve_data["total_axon_density"]["value"])
             columns += ["fascicle_count", "nerve_area_um2", "total_axon_density_per_um2"]
-        if uaxon is not None:
-            from nnunet_ext.morphometrics.unmyelinated import POPULATION_KEYS, population_summary
-
-            aggregate.update(population_summary(len(kept), uaxon, aggregate["area (mm^2)"] * 1e6),
-                             uaxon_halo_exceeded=result.uaxon_halo_exceeded)
-            columns += POPULATION_KEYS + ["uaxon_halo_exceeded"]
-            _write_csv(uaxon, tmp / f"{name}_uaxon_morphometrics.{table_format}")
-            uaxon.to_csv(tmp / UAXON_CSV, index=False, na_rep="NaN")
         _write_csv(kept, tmp / f"{name}_axon_morphometrics.{table_format}")
         kept.to_csv(tmp / COMBINED_CSV, index=False, na_rep="NaN")
         pd.DataFrame([aggregate], columns=columns).to_csv(tmp / AGGREGATE_CSV, index=False, na_rep="NaN")

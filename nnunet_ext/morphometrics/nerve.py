@@ -59,10 +59,13 @@ def fascicle_report(per_axon: pd.DataFrame, counts: tuple, pixel_size_um: float
     count = len(pixels) - 1
     pixel_area = pixel_size_um ** 2
     fascicle = per_axon["fascicle_id"].to_numpy(np.int64)
+    # each fascicle's rows in one sort (a slide's noisy nerve mask may have tens of thousands of fascicles)
+    order = np.argsort(fascicle, kind="stable")
+    bounds = np.searchsorted(fascicle[order], np.arange(count + 1))
     fascicle_areas, records = {}, []
     for index in range(count):
         area = float(pixels[index + 1] * pixel_area)
-        members = per_axon[fascicle == index]
+        members = per_axon.iloc[order[bounds[index]:bounds[index + 1]]]
         density = round(len(members) / area, 5) if area > 0 else 0
         extra = aggregate_from_counts(members, int(pixels[index + 1]), int(axon_pixels[index + 1]),
                                       int(myelin_pixels[index + 1]), pixel_size_um)

@@ -123,6 +123,7 @@ class SlideResult:
     #: unmyelinated axons (``uaxon_label``), as :func:`~nnunet_ext.morphometrics.unmyelinated.uaxon_morphometrics`
     uaxon: pd.DataFrame | None = None
     uaxon_halo_exceeded: int = 0
+    uaxon_present: bool = False  # the slide holds ``uaxon_label`` pixels (``uaxon`` may still be empty: ROI, nerve)
     #: nerve mode: per-fascicle (pixels, axon pixels, myelin pixels), index = fascicle label 1..n (0 unused)
     fascicle_counts: tuple | None = None
 
@@ -270,9 +271,10 @@ def measure_chunk(job: ChunkJob, core: Block) -> dict:
         core_axon, core_myelin, area = core_axon & region[inner], core_myelin & region[inner], region[inner]
     else:
         area = np.ones(core_axon.shape, bool)
-    uaxon, uaxon_exceeded = None, 0
+    uaxon, uaxon_exceeded, uaxon_present = None, 0, False
     if job.uaxon_label is not None:
         mask = label == job.uaxon_label
+        uaxon_present = bool(mask[inner].any())  # the slide has them, even where none is inside the ROI or nerve
         if region is not None:
             mask &= region
         uaxon, uaxon_exceeded = measure_uaxon_window(mask, window, core, shape, job.pixel_size, job.axon_shape)
@@ -286,7 +288,7 @@ def measure_chunk(job: ChunkJob, core: Block) -> dict:
     overview = label[inner][oy::step, ox::step].astype(np.uint8)
     return {"table": table, "axon": int(core_axon.sum()), "myelin": int(core_myelin.sum()), "area": int(area.sum()),
             "halo_exceeded": int(exceeded.sum()), "tiles": tiles, "overview": overview, "uaxon": uaxon,
-            "uaxon_halo_exceeded": uaxon_exceeded, "fascicles": fascicles}
+            "uaxon_halo_exceeded": uaxon_exceeded, "uaxon_present": uaxon_present, "fascicles": fascicles}
 
 
 def nerve_parts_from_labels(job: ChunkJob, nerve_label: int, core: Block):
@@ -305,16 +307,15 @@ def _nerve_candidates(label: np.ndarray, job: ChunkJob, nerve_label: int) -> np.
     return np.isin(label, values)
 
 
-def write_nerve_core(job: ChunkJob, nerve_label: int, lookup: np.ndarray, has_tissue: np.ndarray, target: str,
-                     core: Block) -> None:
-    """Second pass of ``--nerve-label``: the core's nerve mask (parts whose global component holds tissue) into the
-    Zarr array ``target``, whose chunks are the cores."""
+def write_nerve_core(job: ChunkJob, nerve_label: int, in_nerve: np.ndarray, target: str, core: Block) -> None:
+    """Second pass of ``--nerve-label``: the core's nerve mask (``in_nerve``: per core-local part, whether its global
+    component holds tissue) into the Zarr array ``target``, whose chunks are the cores."""
     import zarr
 
     core = Block(*core)
     label = job.read_label(core, core)
     labels, _ = label_components_4(_nerve_candidates(label, job, nerve_label))
-    zarr.open_array(target, mode="r+")[core.y0:core.y1, core.x0:core.x1] = has_tissue[lookup[labels]]
+    zarr.open_array(target, mode="r+")[core.y0:core.y1, core.x0:core.x1] = in_nerve[labels]
 
 
 def nerve_from_label_slide(job: ChunkJob, nerve_label: int, grid: list[Block], folder: Path, client, workers,
@@ -332,7 +333,7 @@ def nerve_from_label_slide(job: ChunkJob, nerve_label: int, grid: list[Block], f
     target = str(folder / "nerve.zarr")
     chunk = max(grid[0].shape) if grid else 1  # one Zarr chunk per core: tasks never write the same chunk
     zarr.create_array(target, shape=shape, chunks=(chunk, chunk), dtype=bool, fill_value=False)
-    run_block_tasks(write_nerve_core, [(job, nerve_label, lookup, has_tissue, target, core)
+    run_block_tasks(write_nerve_core, [(job, nerve_label, has_tissue[lookup], target, core)  # small per task
                                        for lookup, core in zip(merged.lookup, grid)], client, workers, progress,
                     description="nerve mask")
     return target
@@ -392,6 +393,7 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
         pixels, as in memory), ``aggregate`` (as :func:`aggregate_morphometrics`), ``tiles``, a subsampled
         ``overview``, the number of rows whose fibre reached a chunk halo, and with an ROI ``in_roi``.
     """
+    import contextlib
     import tempfile
 
     pixel_size = check_pixel_size(pixel_size_um)
@@ -419,10 +421,13 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
                    nerve=None if nerve is None else open_mask_source(nerve, (height, width), "nerve mask"),
                    uaxon_label=uaxon_label, other_labels=() if nerve_label is None else (nerve_label,))
     show = progress and len(grid) > 1
-    with dask_client(scheduler) as client, tempfile.TemporaryDirectory(
-            prefix=".nnunet-ext-nerve-", dir=work_dir) as scratch:
+    if nerve_label is not None and work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    scratch = contextlib.nullcontext() if nerve_label is None else tempfile.TemporaryDirectory(
+        prefix=".nnunet-ext-nerve-", dir=None if work_dir is None else Path(work_dir).resolve())
+    with dask_client(scheduler) as client, scratch as folder:
         if nerve_label is not None:
-            target = nerve_from_label_slide(job, nerve_label, grid, Path(scratch), client, num_workers, show)
+            target = nerve_from_label_slide(job, nerve_label, grid, Path(folder), client, num_workers, show)
             job = replace(job, nerve=MaskSource(target, 1, "nerve mask"))
         results = run_block_tasks(measure_chunk, [(job, core) for core in grid], client, num_workers, show,
                                   description="chunks")
@@ -476,7 +481,8 @@ def _assemble(results: list[dict], grid: list[Block], job: ChunkJob, shape, imag
     return SlideResult(per_axon[columns], aggregate, tiles, overview, job.step,
                        sum(r["halo_exceeded"] for r in results), len(grid), in_roi, tile_counts,
                        (area_pixels, axon_pixels, myelin_pixels), uaxon,
-                       sum(r["uaxon_halo_exceeded"] for r in results), fascicle_counts)
+                       sum(r["uaxon_halo_exceeded"] for r in results), any(r["uaxon_present"] for r in results),
+                       fascicle_counts)
 
 
 def _in_raster_order(tables: list[pd.DataFrame], columns, id_column: str, image_name) -> pd.DataFrame:
