@@ -255,3 +255,18 @@ def test_nerve_label_on_a_cluster_into_a_new_folder(scene, tmp_path):
                                                                         "s_fascicles.csv"])
     assert threads["aggregates"][0]["fascicle_count"] >= 2
     assert not [p for p in (tmp_path / "results").iterdir() if p.name.startswith(".")]  # scratch removed
+
+
+def test_anti_aliased_nerve_png_is_read_as_for_an_image(tmp_path):
+    """A nerve PNG with soft edges (values between 0 and 255): nonzero is nerve, with a warning, on a slide as in
+    memory, with the same results."""
+    nerve, label = _scene()
+    soft = nerve.astype(np.uint8) * 255
+    soft[2, 2:22] = 128  # a soft top edge of fascicle 0
+    Image.fromarray(soft).save(tmp_path / "nerve.png")
+    with pytest.warns(UserWarning, match="neither 0 nor 255"):
+        memory = _in_memory(tmp_path, label, "--nerve", str(tmp_path / "nerve.png"))
+    with pytest.warns(UserWarning, match="20 pixel"):
+        chunked = _on_slide(tmp_path, label, "--nerve", str(tmp_path / "nerve.png"))
+    _check(chunked, "s")
+    _same_json(memory, chunked)

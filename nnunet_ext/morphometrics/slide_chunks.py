@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -98,9 +99,18 @@ def open_mask_source(mask, slide_shape, what: str = "ROI mask") -> MaskSource:
     """A :class:`MaskSource` for an ROI or nerve mask given as a path or an array, checked against the slide's
     shape; an image that is not a slide format (PNG) is read into memory once and travels with the tasks."""
     array = open_roi_source(mask)
-    name = f"{mask}: {what}" if isinstance(mask, (str, os.PathLike)) else what  # errors name the file
+    is_file = isinstance(mask, (str, os.PathLike))
+    name = f"{mask}: {what}" if is_file else what  # errors name the file
     factor = roi_factor(array.shape, slide_shape, name)
-    source = mask if isinstance(mask, (str, os.PathLike)) and not isinstance(array, np.ndarray) else array
+    if what == "nerve mask" and is_file and isinstance(array, np.ndarray) and np.issubdtype(array.dtype, np.integer):
+        # a nerve PNG read whole, as the image path reads ADS's nerve masks: nonzero is nerve, anti-aliased edges
+        # with a warning (an ROI stays strictly binary: a label image given as ROI is refused)
+        off_nominal = int(np.count_nonzero((array != 0) & (array != array.max(initial=0))))
+        if off_nominal:
+            warnings.warn(f"{name}: {off_nominal} pixel(s) neither 0 nor {array.max()}; counted as inside "
+                          f"(nonzero)")
+        array = array != 0
+    source = mask if is_file and not isinstance(array, np.ndarray) else array
     return MaskSource(source, factor, name)
 
 
