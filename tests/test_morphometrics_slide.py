@@ -305,11 +305,19 @@ def test_slide_roi_errors_name_the_file(slide, tmp_path):
     from PIL import Image
 
     label, _, _ = slide
-    three_values = tmp_path / "three_values.png"
-    Image.fromarray((np.arange(300 * 340).reshape(300, 340) % 3).astype(np.uint8)).save(three_values)
+    import tifffile
+
+    three_values = tmp_path / "three_values.tif"  # read by chunk: each chunk must be binary
+    tifffile.imwrite(three_values, (np.arange(300 * 340).reshape(300, 340) % 3).astype(np.uint8))
     with pytest.raises(ValueError, match="binary") as error:
         slide_morphometrics(label, 0.1, chunk_size=64, roi=three_values, progress=False)
     assert str(three_values) in str(error.value)
+    # a PNG is read whole, as the image path reads it: nonzero inside, soft edges with a warning naming the file
+    soft = tmp_path / "soft.png"
+    Image.fromarray(np.where(np.arange(300 * 340).reshape(300, 340) % 7 == 0, 128, 255).astype(np.uint8)).save(soft)
+    with pytest.warns(UserWarning, match="soft.png: ROI mask: 14572 pixel"):
+        result = slide_morphometrics(label, 0.1, chunk_size=64, roi=soft, progress=False)
+    assert result.in_roi.all()
     wrong_shape = tmp_path / "wrong_shape.png"
     Image.fromarray(np.full((100, 100), 255, np.uint8)).save(wrong_shape)
     with pytest.raises(ValueError, match="downsampling") as error:

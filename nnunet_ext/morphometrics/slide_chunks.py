@@ -102,9 +102,9 @@ def open_mask_source(mask, slide_shape, what: str = "ROI mask") -> MaskSource:
     is_file = isinstance(mask, (str, os.PathLike))
     name = f"{mask}: {what}" if is_file else what  # errors name the file
     factor = roi_factor(array.shape, slide_shape, name)
-    if what == "nerve mask" and is_file and isinstance(array, np.ndarray) and np.issubdtype(array.dtype, np.integer):
-        # a nerve PNG read whole, as the image path reads ADS's nerve masks: nonzero is nerve, anti-aliased edges
-        # with a warning (an ROI stays strictly binary: a label image given as ROI is refused)
+    if is_file and isinstance(array, np.ndarray) and np.issubdtype(array.dtype, np.integer):
+        # a PNG read whole, as the image path reads mask files: nonzero is inside, anti-aliased edges with a
+        # warning (Zarr and TIFF masks, read by chunk, must be strictly binary in each chunk)
         off_nominal = int(np.count_nonzero((array != 0) & (array != array.max(initial=0))))
         if off_nominal:
             warnings.warn(f"{name}: {off_nominal} pixel(s) neither 0 nor {array.max()}; counted as inside "
