@@ -49,12 +49,25 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    import warnings
+
+    default_format = warnings.formatwarning
+
+    def user_facing(message, category, filename, lineno, line=None):
+        # our warnings name the file and what is wrong; the source line of the warn() call says nothing to a user
+        if category is UserWarning:
+            return f"nnunet-ext {args.command}: warning: {message}\n"
+        return default_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = user_facing
     try:
         result = args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         # Input problems: say what is wrong with which file, without a traceback.
         print(f"nnunet-ext {args.command}: error: {error}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = default_format
     return int(result or 0)
 
 

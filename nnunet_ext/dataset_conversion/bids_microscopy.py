@@ -18,45 +18,21 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 from tqdm import tqdm
 
-from nnunet_ext.io.bids import ADS_AXONMYELIN_VALUES, UAXON_LABEL, BidsMicroscopyImage, find_bids_images
+from nnunet_ext.io.bids import (MASK_VALUE_TOLERANCE, MAX_STRAY_FRACTION, UAXON_LABEL, BidsMicroscopyImage,
+                                check_mask_values, find_bids_images, read_axonmyelin_mask)
 from nnunet_ext.io.images import read_grey_image
 from nnunet_ext.io.pixel_size import check_pixel_size
 from nnunet_ext.dataset_conversion.nnunet_raw import (AXON_MYELIN_LABELS, NnUNetRawWriter, add_destination_arguments,
                                                       raw_root_from_args)
 
-# Real masks drift from the nominal values (ads_sem's sub-rat2 has myelin at 128 and a few anti-aliased pixels), but a
-# mask coded otherwise (0/85/170, 0/50/200) must not be silently re-read as other classes. So a grey value within
-# MASK_VALUE_TOLERANCE of 0, 127 or 255 counts as that value; values farther from all three ("stray", e.g. anti-aliased
-# edges) are mapped to the nearest one only while they cover at most MAX_STRAY_FRACTION of the mask; otherwise the mask
-# is refused, naming the file and the values found. The same holds for separate axon/myelin masks (0 and their maximum).
-#: Grey levels by which an axonmyelin mask value may differ from 0, 127 or 255 and still count as it.
-MASK_VALUE_TOLERANCE = 8
-#: Largest fraction of a mask's pixels that may hold values outside the tolerance (mapped to the nearest value).
-MAX_STRAY_FRACTION = 0.001
 #: What ``convert bids`` does with unmyelinated-axon masks (``--uaxon``).
 UAXON_MODES = ("drop", "label", "error")
-
-
-def _listed_values(counts: np.ndarray, values: np.ndarray, limit: int = 6) -> str:
-    return ", ".join(f"{v} ({counts[v]} px)" for v in values[:limit]) + (" ..." if values.size > limit else "")
-
-
-def _refuse_stray_values(path: Path, counts: np.ndarray, stray: np.ndarray, expected: str) -> None:
-    """Raise ``ValueError`` when the ``stray`` grey values cover more than :data:`MAX_STRAY_FRACTION` of the mask."""
-    total = int(counts.sum())
-    n_stray = int(counts[stray].sum()) if stray.size else 0
-    if n_stray > MAX_STRAY_FRACTION * total:
-        raise ValueError(f"{path}: {n_stray} of {total} pixels ({n_stray / total:.1%}) hold values far from {expected} "
-                         f"(more than {MASK_VALUE_TOLERANCE} grey levels off): {_listed_values(counts, stray)}; the "
-                         f"mask seems coded otherwise, so it is refused rather than guessed (at most "
-                         f"{MAX_STRAY_FRACTION:.1%} of the pixels may be such anti-aliasing strays)")
 
 
 def _read_binary_mask(path: Path) -> np.ndarray:
@@ -74,16 +50,6 @@ def _read_binary_mask(path: Path) -> np.ndarray:
     return mask > threshold
 
 
-def check_mask_values(mask_values) -> dict[int, int]:
-    """``(background, myelin, axon)`` grey values of axonmyelin masks as ``{value: nnU-Net label}``, or
-    ``ValueError``."""
-    values = [int(v) for v in mask_values]
-    if len(values) != 3 or len(set(values)) != 3 or not all(0 <= v <= 255 for v in values):
-        raise ValueError(f"mask values must be three different 8-bit values (background myelin axon), got "
-                         f"{list(mask_values)}")
-    return dict(zip(values, (0, 1, 2)))
-
-
 def read_axon_myelin_label(image: BidsMicroscopyImage, mask_values=None) -> np.ndarray:
     """nnU-Net label map (0 background, 1 myelin, 2 axon) from an image's manual masks.
 
@@ -91,31 +57,7 @@ def read_axon_myelin_label(image: BidsMicroscopyImage, mask_values=None) -> np.n
     AxonDeepSeg's 0/127/255 (``--mask-values``).
     """
     if "axonmyelin" in image.label_files:
-        path = image.label_files["axonmyelin"]
-        mask = read_grey_image(path)
-        coding = ADS_AXONMYELIN_VALUES if mask_values is None else check_mask_values(mask_values)
-        names = ", ".join(f"{v} ({n})" for v, n in zip(coding, ("background", "myelin", "axon")))
-        if mask.dtype != np.uint8:
-            raise ValueError(f"{path}: axonmyelin mask must be 8-bit ({names}), got {mask.dtype}")
-        nominal = np.array(sorted(coding))
-        if mask_values is None and mask.any() and mask.max() < 64:  # e.g. a 0/1/2 label map: all background
-            raise ValueError(f"{path}: values {np.unique(mask).tolist()[:8]} but an axonmyelin mask holds 0 "
-                             f"background, 127 myelin, 255 axon (give --mask-values for another coding)")
-        # values within the tolerance of a nominal value take its label; strays (few) the nearest one's
-        tolerance = min(MASK_VALUE_TOLERANCE, (int(np.diff(nominal).min()) - 1) // 2)
-        distance = np.abs(np.arange(256)[:, None] - nominal[None])
-        nearest = distance.argmin(axis=1)
-        counts = np.bincount(mask.ravel(), minlength=256)
-        stray = np.flatnonzero((distance.min(axis=1) > tolerance) & (counts > 0))
-        _refuse_stray_values(path, counts, stray, names if mask_values is not None else
-                             "AxonDeepSeg's 0 (background), 127 (myelin) and 255 (axon)")
-        lookup = np.array([coding[v] for v in nominal], np.uint8)[nearest]
-        label = lookup[mask]
-        counts[nominal] = 0
-        off_nominal = np.flatnonzero(counts)
-        if off_nominal.size:
-            warnings.warn(f"{path}: values other than {'/'.join(map(str, coding))} mapped to the nearest of those "
-                          f"(within {tolerance} grey levels, or few strays): {_listed_values(counts, off_nominal)}")
+        label = read_axonmyelin_mask(image.label_files["axonmyelin"], mask_values)
     else:
         axon = _read_binary_mask(image.label_files["axon"])
         myelin = _read_binary_mask(image.label_files["myelin"])

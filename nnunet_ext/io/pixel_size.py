@@ -7,6 +7,7 @@ um); AxonDeepSeg's ``pixel_size_in_micrometer.txt`` in the image's folder. BIDS 
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -196,7 +197,8 @@ def find_pixel_size(image_path: str | os.PathLike, pixel_size_um: float | None =
     """Pixel size for an image, and where it came from.
 
     In order: ``pixel_size_um`` if given; for a Zarr store, its OME-Zarr metadata (:func:`pixel_size_from_ome_zarr`);
-    a JSON sidecar beside the image (``<stem>.json``); a ``pixel_size_in_micrometer.txt`` in the image's folder.
+    a JSON sidecar beside the image (``<stem>.json``); a ``pixel_size_in_micrometer.txt`` in the image's folder; for
+    a case of an nnU-Net dataset written by this package, its ``manifest.csv`` (:func:`manifest_pixel_size`).
     Raises :class:`PixelSizeNotFoundError` (a ``ValueError``) naming the image when none (and saying what was
     wrong with unusable OME metadata), and ``ValueError`` naming the file when a sidecar or
     ``pixel_size_in_micrometer.txt`` is there but unreadable.
@@ -220,5 +222,38 @@ def find_pixel_size(image_path: str | os.PathLike, pixel_size_um: float | None =
     text_file = image_path.parent / PIXEL_SIZE_FILE
     if text_file.is_file():
         return read_pixel_size_file(text_file), str(text_file)
+    found = manifest_pixel_size(image_path)
+    if found is not None:
+        return found
     raise PixelSizeNotFoundError(f"{image_path}: pixel size unknown: {ome_note}give --pixel-size, or put "
                                  f"{sidecar.name} (BIDS 'PixelSize') or {PIXEL_SIZE_FILE} beside it")
+
+
+MANIFEST_FILE = "manifest.csv"  # written beside dataset.json by the converters: case_id, ..., pixel_size_um
+
+
+def manifest_pixel_size(image_path: str | os.PathLike) -> tuple[float, str] | None:
+    """The pixel size of an nnU-Net case (``imagesTr/<case>_0000.png``, ``labelsTr/<case>.png``, a prediction named
+    after its case beside them) from the dataset's ``manifest.csv`` one folder up (or beside it), and its source;
+    None when there is no such manifest or row."""
+    import re
+
+    image_path = Path(image_path)
+    stem = strip_extension(image_path.name)
+    cases = {stem, re.sub(r"_\d{4}$", "", stem)}  # imagesTr's channel suffix
+    for manifest in (image_path.parent.parent / MANIFEST_FILE, image_path.parent / MANIFEST_FILE):
+        if manifest.is_file():
+            sizes = _manifest_sizes(str(manifest), manifest.stat().st_mtime_ns)
+            for case in cases:
+                if sizes.get(case):
+                    return check_pixel_size(float(sizes[case])), f"{manifest} (case {case})"
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _manifest_sizes(path: str, mtime_ns: int) -> dict:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        return {row["case_id"]: row.get("pixel_size_um") or "" for row in csv.DictReader(handle)
+                if row.get("case_id")}

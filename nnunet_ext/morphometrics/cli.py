@@ -68,7 +68,7 @@ def register_cli(subparsers) -> None:
     modes.add_argument("-c", "--colorize", action="store_true",
                        help="also AxonDeepSeg's instance maps (its -c): <name>_colorized.png and the 16-bit "
                             "<name>_instance-map.png, from the fibres already measured (about 0.05 s per image of "
-                            "1.5 megapixels)")
+                            "1.5 megapixels); not for whole slides")
     post = parser.add_argument_group(
         "post-processing of predictions", "clean the masks before measuring (nnunet_ext.morphometrics.postprocess): "
         "fill axon holes, remove axons below an area and axons without a myelin ring; defaults set on ads_sem's "
@@ -225,9 +225,11 @@ def _run_mtneuro(args) -> int:
 
 def _report(summary, output) -> int:
     uaxons = f", {summary['uaxons']} unmyelinated axons" if summary.get("uaxons") else ""
-    print(f"{summary['images']} image(s), {summary['axons']} axons{uaxons} -> {output}")
+    print(f"{summary['images']} image(s), {summary['axons']} axons measured{uaxons} -> {output}")
     for aggregate in summary["aggregates"]:
-        print(f"  {aggregate['image']}: {aggregate['axon_count']} axons, AVF {aggregate['avf']:.4f}, "
+        # with an ROI or a nerve, the aggregate counts the axons inside it
+        where = " in the ROI" if aggregate.get("roi") else " in the nerve" if "fascicle_count" in aggregate else ""
+        print(f"  {aggregate['image']}: {aggregate['axon_count']} axons{where}, AVF {aggregate['avf']:.4f}, "
               f"MVF {aggregate['mvf']:.4f}, aggregate g-ratio {aggregate['gratio_aggregate']:.4f}, "
               f"{aggregate['axon_density (per mm^2)']:.1f} axons/mm^2")
     return 0

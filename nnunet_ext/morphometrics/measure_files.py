@@ -226,9 +226,10 @@ def load_masks(item: MorphometricsInput, myelin_label: int = 1, axon_label: int 
             return label == 255, label == 128
         if values:
             raise ValueError(f"{item.label_path}: unexpected label values {sorted(values)[:8]} (expected 0, "
-                             f"{myelin_label} myelin, {axon_label} axon). Read as such: nnU-Net labels 0/1/2, "
-                             f"AxonDeepSeg's 0/127/255 _seg-axonmyelin and 0/128/255 mask.png; other values: "
-                             f"--myelin-label V --axon-label V")
+                             f"{myelin_label} myelin, {axon_label} axon, {UAXON_LABEL} unmyelinated axon). Read as "
+                             f"such: nnU-Net labels 0/1/2(/3), AxonDeepSeg's 0/127/255 _seg-axonmyelin and 0/128/255 "
+                             f"mask.png; other values: --myelin-label V --axon-label V, or --nerve-label V for a "
+                             f"nerve-tissue class")
         return masks_from_label_image(label, myelin_label, axon_label)
     axon, myelin = read_mask_file(item.axon_path, "axon"), read_mask_file(item.myelin_path, "myelin")
     if axon.shape != myelin.shape:
@@ -340,7 +341,11 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
                 else:
                     per_axon = axon_morphometrics(axon, myelin, item.pixel_size_um, axon_shape,
                                                   image_name=item.name)
-            axon, myelin = prepare_masks(axon, myelin)
+            with warnings.catch_warnings(record=True) as overlaps:
+                warnings.simplefilter("always", UserWarning)
+                axon, myelin = prepare_masks(axon, myelin)
+            for overlap in overlaps:  # said once, naming the input
+                warnings.warn(f"{item.source}: {overlap.message}")
             kept = apply_filters(per_axon, **filters)
             roi_mask = None
             if roi_paths.get(item.name) is not None:
@@ -540,8 +545,15 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
     from nnunet_ext.morphometrics.nerve import FASCICLE_CSV_SUFFIX, NERVE_JSON_SUFFIX, fascicle_report
 
     source = Path(source)
+    if source.is_dir() and not is_zarr(source):
+        raise ValueError(f"{source}: a folder; the chunked path (--chunk-size) measures one label slide (Zarr, "
+                         f"OME-Zarr, TIFF or PNG): give each slide on its own, or drop --chunk-size for a folder of "
+                         f"images")
     name = image_name or slide_image_name(source)
     pixel_size, pixel_source = find_pixel_size(source, pixel_size_um)
+    measured = source
+    if source.is_file() and not source.name.lower().endswith((".tif", ".tiff")):
+        measured = read_label_image(source)  # a PNG cannot be read by windows: read whole, measured by chunk
     out_dir = Path(out_dir)
     if table_format not in ("csv", "xlsx"):
         raise ValueError(f"table format must be 'csv' or 'xlsx', got {table_format!r}")
@@ -556,7 +568,7 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
         raise ValueError(f"{nerve_mask}: a folder; a whole slide takes one nerve mask (Zarr, TIFF or PNG), or "
                          f"--nerve alone for <name>_seg-nerve.* beside it")
     tile = tile_size_in_pixels(pixel_size, tile_size_px, tile_size_um) if maps else None
-    result = slide_morphometrics(source, pixel_size, chunk_size, halo, axon_shape, myelin_label, axon_label,
+    result = slide_morphometrics(measured, pixel_size, chunk_size, halo, axon_shape, myelin_label, axon_label,
                                  tile_size_px=tile, scheduler=scheduler, num_workers=workers, image_name=name,
                                  roi=roi, nerve=nerve_mask, nerve_label=nerve_label, uaxon_label=uaxon_label,
                                  work_dir=out_dir.resolve().parent if scheduler else None)
