@@ -95,3 +95,23 @@ def test_overlap_warning_names_the_masks(tmp_path):
 
     with pytest.warns(UserWarning, match=r"m_seg-axon\.png: \d+ pixel\(s\) are set in both"):
         run_morphometrics(discover_inputs(tmp_path, pixel_size_um=0.1), tmp_path / "out", qc=False)
+
+
+def test_a_segment_output_tree_is_measured_again_without_options(tmp_path):
+    """What 'segment' writes for a BIDS dataset (sub-*/micr with ADS masks, the label and the pixel-size sidecar)
+    is found under the output root, each image with its own pixel size."""
+    import json
+
+    for subject, size in (("01", 0.1), ("02", 0.05)):
+        folder = tmp_path / "seg" / f"sub-{subject}" / "micr"
+        folder.mkdir(parents=True)
+        label = _label(seed=int(subject))
+        stem = f"sub-{subject}_sample-1_SEM"
+        for kind, mask in (("axon", label == 2), ("myelin", label == 1)):
+            Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{stem}_seg-{kind}.png")
+        Image.fromarray(label).save(folder / f"{stem}.png")
+        (folder / f"{stem}.json").write_text(json.dumps({"PixelSize": [size, size], "PixelSizeUnits": "um"}))
+    assert cli_main(["morphometrics", str(tmp_path / "seg"), "-o", str(tmp_path / "out"), "--no-qc"]) == 0
+    aggregate = pd.read_csv(tmp_path / "out" / "aggregate_morphometrics.csv")
+    assert aggregate["image"].tolist() == ["sub-01_sample-1_SEM", "sub-02_sample-1_SEM"]
+    assert aggregate["pixel_size_um"].tolist() == [0.1, 0.05]

@@ -13,7 +13,7 @@ def _segment(tmp_path, monkeypatch, labels_map):
     labels = np.array([[0, 1, 2, 3], [3, 3, 0, 2]], np.uint8)
     Image.fromarray(np.full((2, 4), 50, np.uint8)).save(tmp_path / "img.png")
     monkeypatch.setattr(segment_files, "predict_image", lambda predictor, image, return_probabilities: labels)
-    item = SimpleNamespace(path=tmp_path / "img.png", name="img")
+    item = SimpleNamespace(path=tmp_path / "img.png", name="img", pixel_size_um=0.1)
     out = tmp_path / "out"
     out.mkdir()
     record = segment_files._segment_image_input(item, out, None, labels_map,
@@ -28,6 +28,10 @@ def test_uaxon_mask_written_for_a_four_class_model(tmp_path, monkeypatch):
     np.testing.assert_array_equal(uaxon, [[0, 0, 0, 255], [255, 255, 0, 0]])
     np.testing.assert_array_equal(np.array(Image.open(out / "img_seg-axon.png")), [[0, 0, 255, 0], [0, 0, 0, 255]])
     assert record.fractions["unmyelinated axon"] == 3 / 8
+    # the pixel size beside the masks, so that 'morphometrics' on this folder needs no --pixel-size
+    from nnunet_ext.io.pixel_size import find_pixel_size
+
+    assert find_pixel_size(out / "img.png")[0] == 0.1
 
 
 def test_no_uaxon_mask_for_a_three_class_model(tmp_path, monkeypatch):

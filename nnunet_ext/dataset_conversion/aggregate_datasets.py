@@ -155,7 +155,8 @@ def _plain_labels(source: SourceDataset) -> dict:
     return {str(k): int(v) for k, v in labels.items()}
 
 
-def grouped_folds(cases: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> dict[str, int]:
+def grouped_folds(cases: pd.DataFrame, n_folds: int = 5, seed: int = 0,
+                  group_choice: Mapping[str, str] | None = None) -> dict[str, int]:
     """Assign cases to folds so that every fold holds every source and no group spans two folds.
 
     Parameters
@@ -165,6 +166,9 @@ def grouped_folds(cases: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> dict[
     n_folds : int
     seed : int
         Seed of the shuffle that orders groups of equal size.
+    group_choice : dict, optional
+        How each source was grouped (``{source: "subject" | "sample" | "case"}``, default subject); only shapes the
+        advice of the error when a source has too few groups.
 
     Returns
     -------
@@ -183,8 +187,7 @@ def grouped_folds(cases: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> dict[
         n_groups = cases.loc[cases["source"] == source, "group"].nunique()
         if n_groups < n_folds:
             raise ValueError(f"{source}: only {n_groups} group(s) of training cases for {n_folds} folds, so some "
-                             f"fold's validation would miss it; use fewer folds (--folds), or group it by sample or "
-                             f"case (--group-by {source}=sample)")
+                             f"fold's validation would miss it; {_fewer_groups_advice(source, group_choice)}")
     rng = np.random.default_rng(seed)
     groups = cases.groupby("group", sort=True)
     names = list(groups.groups)
@@ -208,6 +211,20 @@ def grouped_folds(cases: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> dict[
             raise ValueError(f"fold {fold} would have no validation case of {missing}: subjects shared between "
                              f"sources leave too few groups; use fewer folds or --subjects-per-source")
     return {case: fold_of_group[group] for case, group in zip(cases["case_id"], cases["group"])}
+
+
+def _fewer_groups_advice(source: str, group_choice: Mapping[str, str] | None) -> str:
+    """What to do when ``source`` has too few groups: a finer grouping than the one in use, else fewer folds."""
+    choices = dict(group_choice or {})
+    current = choices.get(source, "subject")
+    if current == "case":  # one case per group already: only fewer folds help
+        return f"it is already grouped by case (--group-by {source}=case), so use fewer folds (--folds)"
+    finer = "sample" if current == "subject" else "case"
+    # Name every non-default choice: DATASET=CHOICE pairs reset the sources they leave out to subject.
+    choices[source] = finer
+    pairs = " ".join(f"{name}={choice}" for name, choice in sorted(choices.items()) if choice != "subject")
+    alternative = "by sample or case" if finer == "sample" else "by case"
+    return f"use fewer folds (--folds), or group it {alternative} (--group-by {pairs})"
 
 
 def aggregate_datasets(sources: Sequence[str | os.PathLike], raw_root: str | os.PathLike, dataset_id: int,
@@ -292,7 +309,7 @@ def aggregate_datasets(sources: Sequence[str | os.PathLike], raw_root: str | os.
                 source_dataset=row.source, source_case_id=row.case_id, group=row.group))
         table = table.assign(new_id=new_ids)
         training = table[table["split"] != "test"]
-        fold_of = grouped_folds(training.assign(case_id=training["new_id"]), n_folds, seed)
+        fold_of = grouped_folds(training.assign(case_id=training["new_id"]), n_folds, seed, group_choice)
         writer.set_splits([{"train": [c for c, f in fold_of.items() if f != k],
                             "val": [c for c, f in fold_of.items() if f == k]} for k in range(n_folds)])
         destination = writer.finish(verify=verify)
@@ -357,13 +374,25 @@ def parse_group_by(values: Sequence[str]) -> str | dict[str, str]:
     return choices
 
 
-def _read_json_option(path: str | None, what: str):
-    if path is None:
+def _read_json_option(value: str | None, option: str, what: str):
+    """``--labels``/``--label-map``: inline JSON (starting with ``{``) or the path of a JSON file."""
+    if value is None:
         return None
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: cannot read {what} ({error})") from None
+    if value.lstrip().startswith("{"):
+        try:
+            content = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{option} {value!r}: not valid JSON ({error})") from None
+        source = option
+    else:
+        try:
+            content = json.loads(Path(value).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{value}: cannot read {what} ({error})") from None
+        source = f"{value} ({option})"
+    if not isinstance(content, dict):
+        raise ValueError(f"{source}: {what} must be a JSON object {{...}}, got {type(content).__name__}")
+    return content
 
 
 def register_cli(subparsers) -> None:
@@ -383,10 +412,11 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--subjects-per-source", action="store_true",
                         help="equal subject names in different sources are different subjects (default: the same)")
     parser.add_argument("--label-map", metavar="JSON",
-                        help='label renaming per source: {"Dataset002_X": {"vessel": "background"}}')
+                        help='label renaming per source, inline JSON or a JSON file: '
+                             '{"Dataset002_X": {"vessel": "background"}}')
     parser.add_argument("--labels", metavar="JSON",
-                        help='labels of the result, e.g. {"background": 0, "myelin": 1, "axon": 2} '
-                             "(default: the first dataset's)")
+                        help='labels of the result, inline JSON or a JSON file, e.g. {"background": 0, "myelin": 1, '
+                             '"axon": 2} (default: the first dataset\'s)')
     parser.add_argument("--case-prefix", help="prefix of the new case names (default: the dataset name)")
     parser.set_defaults(func=_run_cli)
 
@@ -395,7 +425,7 @@ def _run_cli(args) -> int:
     aggregate_datasets(args.sources, raw_root_from_args(args), args.dataset_id, args.name, n_folds=args.folds,
                        seed=args.seed, group_by=parse_group_by(args.group_by or []),
                        subjects_shared_across_sources=not args.subjects_per_source,
-                       label_mapping=_read_json_option(args.label_map, "label map"),
-                       labels=_read_json_option(args.labels, "labels"), case_prefix=args.case_prefix,
+                       label_mapping=_read_json_option(args.label_map, "--label-map", "label map"),
+                       labels=_read_json_option(args.labels, "--labels", "labels"), case_prefix=args.case_prefix,
                        overwrite=args.overwrite, preprocessed_root=args.preprocessed, verify=args.verify)
     return 0

@@ -35,18 +35,36 @@ PDS = mean of the two fractions of points at >= THRESHOLD. Units: SWC coordinate
 --spacing."""
 
 
+class ParagraphHelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions to the terminal as the other subcommands' help, but keeps blank-line paragraph breaks
+    (RawDescriptionHelpFormatter printed hand-wrapped lines too wide for the terminal, and one-line group texts of
+    hundreds of characters)."""
+
+    def _fill_text(self, text, width, indent):
+        import textwrap
+
+        # break_on_hyphens=False: "nnU-Net" and "--option" stay whole.
+        return "\n\n".join(textwrap.fill(" ".join(p.split()), width, initial_indent=indent,
+                                          subsequent_indent=indent, break_on_hyphens=False)
+                            for p in re.split(r"\n\s*\n", text.strip()))
+
 
 def register_cli(subparsers) -> None:
     evaluate = subparsers.add_parser(
         "evaluate",
         help="Dice, IoU, F1, precision, recall, HD95 of a predictions folder against references (CSV + PNG)",
         description=EVALUATE_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=ParagraphHelpFormatter,
     )
     evaluate.add_argument("prediction_dir", metavar="PRED_DIR", type=Path, help="folder of predicted label images")
-    evaluate.add_argument("reference_dir", metavar="GT_DIR", type=Path, help="folder of reference label images")
+    evaluate.add_argument("reference_dir", metavar="GT_DIR", type=Path,
+                          help="folder of reference label images (with --fibres/--morphometrics also a BIDS dataset "
+                               "or an ASTIH test folder)")
     evaluate.add_argument("-o", "--output", type=Path, default=None,
-                          help="CSV to write (default: PRED_DIR/evaluation.csv); the plot goes beside it as .png")
+                          help="CSV to write (default: PRED_DIR/evaluation.csv); the plot goes beside it as .png. "
+                               "With --fibres/--morphometrics only its name is used, as the prefix <out> of "
+                               "<out>_fibres.csv, <out>_fibres_dataset.csv, <out>_agreement_*.csv, ... (<out> = -o "
+                               "without .csv); the CSV itself is not written")
     evaluate.add_argument("--labels", nargs="+", metavar="LABEL", default=None,
                           help="labels to score: 1 2, regions as 1,2 (union), optionally named: myelin=1 axon=2 "
                                "fibre=1,2 (default: dataset.json, else every non-zero value found)")
@@ -76,7 +94,8 @@ def register_cli(subparsers) -> None:
         "GT_DIR). Fibres: the axon + myelin watershed of the morphometrics (AxonDeepSeg's), matched one-to-one as "
         "stardist's matching; per image TP/FP/FN, precision, recall, accuracy, F1, mean matched score, panoptic "
         "quality and pixel Dice/IoU of axon and myelin (<out>_fibres.csv), per dataset TP/FP/FN summed and rates "
-        "averaged over images as ASTIH, pooled rates beside (<out>_fibres_dataset.csv).")
+        "averaged over images as ASTIH, pooled rates beside (<out>_fibres_dataset.csv); <out> is -o without .csv "
+        "(default PRED_DIR/evaluation), and -o's CSV itself is not written in this mode.")
     fibres.add_argument("--fibres", action="store_true", help="fibre detection metrics")
     fibres.add_argument("--iou-thresholds", nargs="+", metavar="T", default=None,
                         help="matching thresholds of a sweep: values (0.5 0.75), or a range written 0.3 ... 0.95 "
@@ -105,7 +124,7 @@ def register_cli(subparsers) -> None:
         "tracing-metrics",
         help="ESA, DSA, PDS (Vaa3D neuron_distance) between two SWC files or two folders of SWC files",
         description=TRACING_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=ParagraphHelpFormatter,
     )
     tracing.add_argument("swc_a", metavar="A", type=Path, help="SWC file (e.g. the reference), or a folder of them")
     tracing.add_argument("swc_b", metavar="B", type=Path, help="SWC file (the reconstruction), or a folder of them")
@@ -164,9 +183,34 @@ def read_pixel_size_table(path: Path) -> dict:
     return dict(zip(table[case_column].astype(str), sizes.astype(float)))
 
 
+def fibre_only_layout(reference_dir: Path, label_suffix: str = "manual") -> str | None:
+    """``"a BIDS dataset"`` or ``"an ASTIH test folder"`` when ``reference_dir`` holds its references in a layout that
+    only ``--fibres``/``--morphometrics`` read, else None (an nnU-Net label folder, or a folder of masks alone)."""
+    from nnunet_ext.io.bids import is_bids_dataset
+
+    if not reference_dir.is_dir():
+        return None
+    if is_bids_dataset(reference_dir):
+        return "a BIDS dataset"
+    masks = [p for pattern in (f"*_seg-axonmyelin-{label_suffix}.png", f"*_seg-axon-{label_suffix}.png")
+             for p in reference_dir.rglob(pattern)]
+    # Masks only below GT_DIR leave nothing to pair; masks beside their microscopy image <stem>.png would pair
+    # predictions with the images. A flat folder of masks alone is still scored (e.g. with --labels 127 255).
+    if masks and (all(m.parent != reference_dir for m in masks)
+                  or any(m.with_name(m.name.split("_seg-")[0] + ".png").is_file() for m in masks)):
+        return "an ASTIH test folder"
+    return None
+
+
 def _run_evaluate(args) -> int:
     if args.fibres or args.morphometrics or args.iou_thresholds:
         return _run_fibre_evaluation(args)
+    layout = fibre_only_layout(args.reference_dir, args.label_suffix)
+    if layout is not None:
+        raise ValueError(f"{args.reference_dir}: GT_DIR is {layout}: pixel Dice/IoU/HD95 need nnU-Net label folders "
+                         f"(PRED_DIR and GT_DIR holding label images of the same names, e.g. nnUNetv2_predict's "
+                         f"output and labelsTs); add --fibres (fibre detection, with pixel Dice/IoU of axon and "
+                         f"myelin) or --morphometrics")
     from nnunet_ext.evaluation import folder_evaluation as fe
     from nnunet_ext.io.atomic import write_csv_atomically
     from nnunet_ext.evaluation import segmentation_metrics as sm

@@ -93,6 +93,10 @@ def discover_inputs(path: str | os.PathLike, pixel_size_um: float | None = None,
         items = [_mask_pair(path) or MorphometricsInput(strip_extension(path.name), label_path=path)]
     else:
         files = sorted(p for p in path.iterdir() if _is_image_file(p))
+        nested = sorted(path.glob("sub-*/micr")) + sorted(path.glob("sub-*/ses-*/micr"))
+        if not files and nested:  # a BIDS-like tree of masks, e.g. what 'segment' writes for a BIDS dataset
+            return [item for folder in nested for item in discover_inputs(folder, pixel_size_um, label_suffix,
+                                                                          image_dir)]
         pairs = [item for item in (_mask_pair(p) for p in files) if item is not None]
         if pairs:  # ADS-style folder: the mask pairs, not the microscopy images or axonmyelin masks beside them
             items = pairs

@@ -141,8 +141,8 @@ class SlideResult:
 def checked_label_values(label: np.ndarray, myelin_label: int, axon_label: int, source, core=None,
                          other_labels: dict | None = None) -> np.ndarray:
     """A chunk's label values, checked as a whole label image's are (``load_masks``): values other than 0, the
-    two labels and ``other_labels`` (value -> name: unmyelinated axons, nerve tissue) are refused, naming the slide and the
-    values, instead of being counted as background; an AxonDeepSeg 0/127/255 chunk read with the default labels
+    two labels and ``other_labels`` (value -> name: unmyelinated axons, nerve tissue) are refused, naming the slide
+    and the values, instead of being counted as background; an AxonDeepSeg 0/127/255 chunk read with the default labels
     (1 myelin, 2 axon) becomes 0/1/2, as ``read_label_image`` does."""
     if label.dtype in (np.uint8, np.uint16):
         values = np.flatnonzero(np.bincount(label.ravel(), minlength=1)).tolist()

@@ -37,8 +37,9 @@ class CoreParts:
 
 
 def core_parts(labels: np.ndarray, count: int, core: Block, slide_width: int, **sums) -> CoreParts:
-    """The :class:`CoreParts` of a labelled core (:func:`~nnunet_ext.morphometrics.kernels.label_components_4`); ``sums`` maps names to per-part arrays
-    (``count + 1``). ``pixels`` (each part's pixel count) is always among them."""
+    """The :class:`CoreParts` of a labelled core (:func:`~nnunet_ext.morphometrics.kernels.label_components_4`);
+    ``sums`` maps names to per-part arrays (``count + 1``). ``pixels`` (each part's pixel count) is always among
+    them."""
     from nnunet_ext.morphometrics import kernels
 
     stats = kernels.label_stats(labels, count, 0, 0)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from nnunet_ext.morphometrics.measure_files import MorphometricsInput, run_morphometrics, run_slide
 from nnunet_ext.segmentation.predictor import ModelSpec, axon_myelin_values, cached_predictor, predict_image
-from nnunet_ext.io.atomic import atomic_output_path
+from nnunet_ext.io.atomic import atomic_output_path, write_json_atomically
 from nnunet_ext.io.bids import (ADS_MASK_SUFFIXES, ADS_MASK_VALUE, ADS_UAXON_SUFFIX, ads_masks_from_labels,
                                 find_bids_images, is_bids_dataset)
 from nnunet_ext.io.images import (IMAGE_EXTENSIONS, image_shape, is_zarr, read_large_grey_image, strip_extension,
@@ -57,6 +57,7 @@ class SegmentationInput:
         if self.slide:
             return [folder / f"{self.name}_seg.zarr", folder / f"{self.name}_seg-overview.png"]
         paths = [folder / f"{self.name}{suffix}.png" for suffix in ADS_SUFFIXES] + [self.label_path(out_dir)]
+        paths += [folder / f"{self.name}.json"] if self.pixel_size_um is not None else []  # the size's sidecar
         return paths + ([folder / f"{self.name}.npz"] if save_probabilities else [])
 
 
@@ -237,6 +238,9 @@ def _segment_image_input(item, folder, predictor, labels_map, values, save_proba
         with atomic_output_path(target) as temporary:
             np.savez_compressed(temporary, probabilities=probabilities.astype(np.float32))
         outputs.append(target)
+    if item.pixel_size_um is not None:  # a BIDS-style sidecar: 'morphometrics' on this folder finds the size
+        outputs.append(write_json_atomically({"PixelSize": [item.pixel_size_um] * 2, "PixelSizeUnits": "um"},
+                                             folder / f"{item.name}.json"))
     outputs.append(write_png(folder / f"{item.name}.png", labels))  # the label last: written means "done"
     return SegmentationRecord(item.name, tuple(labels.shape), time.perf_counter() - started, outputs,
                               fractions=_fractions(labels, labels_map))
