@@ -115,3 +115,22 @@ def test_a_segment_output_tree_is_measured_again_without_options(tmp_path):
     aggregate = pd.read_csv(tmp_path / "out" / "aggregate_morphometrics.csv")
     assert aggregate["image"].tolist() == ["sub-01_sample-1_SEM", "sub-02_sample-1_SEM"]
     assert aggregate["pixel_size_um"].tolist() == [0.1, 0.05]
+
+
+def test_masks_in_bids_derivatives_take_the_image_sidecar():
+    """A folder or mask inside a BIDS dataset's derivatives/labels finds its image's sidecar in the dataset (BIDS
+    inheritance), the pixel size that the dataset root gives."""
+    from pathlib import Path
+
+    from nnunet_ext.morphometrics.measure_files import discover_inputs
+
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ads_sem"
+    if not root.is_dir():
+        pytest.skip(f"{root}: the shared sample data is not here")
+    from_root = {i.name: i.pixel_size_um for i in discover_inputs(root)}
+    inside = discover_inputs(root / "derivatives" / "labels" / "sub-rat3" / "micr")
+    assert len(inside) == 3 and all(i.pixel_size_source.startswith("BIDS sidecar") for i in inside)
+    assert {i.name: i.pixel_size_um for i in inside} == {n: from_root[n] for n in (i.name for i in inside)}
+    single = discover_inputs(root / "derivatives" / "labels" / "sub-rat2" / "micr" /
+                             "sub-rat2_sample-data5_SEM_seg-axonmyelin-manual.png")
+    assert single[0].pixel_size_um == from_root["sub-rat2_sample-data5_SEM"]

@@ -15,7 +15,8 @@ from tqdm import tqdm
 from nnunet_ext.io.atomic import publish_files, scratch_folder
 from nnunet_ext.io.bids import UAXON_LABEL, find_bids_images, find_sidecar, is_bids_dataset, read_label_image
 from nnunet_ext.io.images import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, is_zarr, read_image_2d, strip_extension
-from nnunet_ext.io.pixel_size import PIXEL_SIZE_FILE, PixelSizeNotFoundError, check_pixel_size, find_pixel_size
+from nnunet_ext.io.pixel_size import (PIXEL_SIZE_FILE, PixelSizeNotFoundError, check_pixel_size, find_pixel_size,
+                                      pixel_size_from_sidecar)
 from nnunet_ext.morphometrics.aggregate_metrics import AGGREGATE_KEYS, aggregate_from_counts, aggregate_morphometrics
 from nnunet_ext.morphometrics.axon import (as_binary_mask, axon_morphometrics, masks_from_label_image, measure_axons,
                                            prepare_masks)
@@ -117,19 +118,40 @@ def discover_inputs(path: str | os.PathLike, pixel_size_um: float | None = None,
 
 def _pixel_size_of(item: MorphometricsInput, pixel_size_um: float | None) -> tuple[float, str]:
     """Pixel size of an input and its source (the file's path). A mask pair's sidecar is its image's,
-    ``<stem>.json`` (whether or not the image is there); the mask's own ``<stem>_seg-axon.json`` is still read."""
-    if pixel_size_um is not None or item.axon_path is None:
+    ``<stem>.json`` (whether or not the image is there); the mask's own ``<stem>_seg-axon.json`` is still read. A
+    mask inside a BIDS dataset's ``derivatives/labels`` tree takes its image's sidecar from the dataset (BIDS
+    inheritance), as when the dataset root is given."""
+    if pixel_size_um is not None:
         return find_pixel_size(item.source, pixel_size_um)
-    image_like = item.image_path or item.axon_path.with_name(item.name + ".png")
-    try:
-        return find_pixel_size(image_like)
-    except PixelSizeNotFoundError:
+    candidates = [item.source] if item.axon_path is None else [
+        item.image_path or item.axon_path.with_name(item.name + ".png"), item.axon_path]
+    for candidate in candidates:
         try:
-            return find_pixel_size(item.axon_path)
+            return find_pixel_size(candidate)
         except PixelSizeNotFoundError:
-            raise PixelSizeNotFoundError(
-                f"{item.axon_path}: pixel size unknown: give --pixel-size, or put the image's sidecar "
-                f"{item.name}.json (BIDS 'PixelSize') or {PIXEL_SIZE_FILE} beside it") from None
+            continue
+    found = _derivative_sidecar(item.source, item.name)
+    if found is not None:
+        return pixel_size_from_sidecar(found), f"BIDS sidecar {found}"
+    raise PixelSizeNotFoundError(
+        f"{item.source}: pixel size unknown: give --pixel-size, or put the image's sidecar {item.name}.json (BIDS "
+        f"'PixelSize') or {PIXEL_SIZE_FILE} beside it, or give the BIDS dataset's root") from None
+
+
+def _derivative_sidecar(mask: Path, name: str) -> Path | None:
+    """The raw image's sidecar of a mask in ``<root>/derivatives/labels/sub-*/[ses-*/]micr/`` (None elsewhere)."""
+    parts = mask.resolve().parts
+    if "derivatives" not in parts:
+        return None
+    at = len(parts) - 1 - parts[::-1].index("derivatives")
+    root = Path(*parts[:at])
+    if not is_bids_dataset(root) or len(parts) < at + 4:
+        return None
+    stem = re.sub(r"_seg-(axonmyelin|axon|myelin|uaxon)(-[^_.]+)?$", "", name)
+    try:
+        return find_sidecar(root.joinpath(*parts[at + 2:-1]) / f"{stem}.png", root)
+    except ValueError:  # not a BIDS name: no sidecar applies
+        return None
 
 
 def _discover_bids(root: Path, pixel_size_um: float | None, label_suffix: str) -> list[MorphometricsInput]:
