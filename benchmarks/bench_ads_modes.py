@@ -12,7 +12,6 @@ unmyelinated-axon table with AxonDeepSeg's.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys

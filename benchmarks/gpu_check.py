@@ -314,15 +314,14 @@ class StepFailed(RuntimeError):
 
 
 def console_script(name: str) -> str:
-    """An installed console script, preferably the one beside this interpreter (the virtual environment's)."""
-    beside = Path(sys.executable).parent / name
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which(name)
-    if found is None:
+    """An installed console script, preferably the one beside this interpreter (the package's own lookup)."""
+    from nnunet_ext.nnunet.commands import console_script as find_console_script
+
+    try:
+        return find_console_script(name)
+    except FileNotFoundError:
         raise StepFailed(f"command {name} not found: is nnunet-ext installed in this Python environment "
-                         f"({sys.executable})?")
-    return found
+                         f"({sys.executable})?") from None
 
 
 def log_tail(log: Path, lines: int = 25) -> str:
@@ -706,7 +705,7 @@ def write_slide(work: Path, side: int, tile: int, reference_side: int) -> tuple[
     from PIL import Image
 
     slide = work / "slides" / f"slide_{side}.zarr"
-    reference = work / "slides" / f"reference_{reference_side}" / f"slide_0000.png"
+    reference = work / "slides" / f"reference_{reference_side}" / "slide_0000.png"
     if slide.is_dir() and (slide / ".complete").is_file() and reference.is_file():
         return slide, reference.parent
     shutil.rmtree(slide, ignore_errors=True)

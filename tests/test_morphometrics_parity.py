@@ -135,7 +135,7 @@ def test_anti_aliased_axon_mask_warning_says_what_ads_counts(tmp_path):
     axon is one more axon there; the warning says so and how many (it claimed ADS counted them as we do)."""
     from skimage import measure
 
-    from nnunet_ext.morphometrics.measure_files import read_mask_file
+    from nnunet_ext.morphometrics.axon import read_mask_file
 
     axon, _ = _fibre_scene()
     grey = np.where(axon, 255, 0).astype(np.uint8)
@@ -152,7 +152,7 @@ def test_anti_aliased_axon_mask_warning_says_what_ads_counts(tmp_path):
 
 @pytest.mark.skipif(not (DATA / "ads_sem").is_dir(), reason="needs ../shared/data/ads_sem")
 def test_sub_rat2_axon_count_difference_is_the_one_ads_finds():
-    from nnunet_ext.morphometrics.measure_files import ads_extra_axons
+    from nnunet_ext.morphometrics.axon import ads_extra_axons
     from nnunet_ext.io.images import read_image_2d
 
     path = DATA / "ads_sem/derivatives/labels/sub-rat2/micr/sub-rat2_sample-data5_SEM_seg-axon-manual.png"

@@ -130,8 +130,7 @@ def discover_fibre_cases(prediction_dir: str | Path, reference_dir: str | Path, 
     left out) and when no reference is found.
     """
     from nnunet_ext.io.bids import find_bids_images, find_sidecar, is_bids_dataset
-    from nnunet_ext.io.images import strip_extension
-    from nnunet_ext.io.pixel_size import PixelSizeNotFoundError, find_pixel_size, pixel_size_from_sidecar
+    from nnunet_ext.io.pixel_size import PixelSizeNotFoundError, find_pixel_size
 
     pred_dir, gt_dir = Path(prediction_dir), Path(reference_dir)
     for folder, what in ((pred_dir, "prediction"), (gt_dir, "reference")):

@@ -21,7 +21,7 @@ import numpy as np
 from nnunet_ext.evaluation.segmentation_metrics import (COUNT_COLUMNS, METRIC_COLUMNS, SPACING_FROM_FILES, LabelOrRegion,
                                                         check_same_shape, dice_per_class, label_key, metrics_per_class,
                                                         normalise_label, axis_spacing)
-from nnunet_ext.io.atomic import save_figure, write_csv_atomically
+from nnunet_ext.io.atomic import save_figure
 
 
 def supported_file_endings() -> list[str]:

@@ -9,7 +9,6 @@ watershed. Deliberate differences from ADS are listed in ``docs/morphometrics.md
 """
 from __future__ import annotations
 
-import math
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -104,6 +103,49 @@ def as_binary_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
         raise ValueError(f"{name} must be binary (0 and one positive value), found values {shown}; threshold "
                          f"probabilities or use masks_from_label_image() for label images")
     return binary
+
+
+def read_mask_file(path, kind: str = "mask", name: str | None = None) -> np.ndarray:
+    """A binary mask file as bool: nonzero is foreground (``name``, default the path, heads the messages).
+
+    Anti-aliased masks (values between 0 and the maximum, as in some of ADS's own manual masks) are accepted with
+    a warning saying how many pixels are neither 0 nor the maximum. For an axon mask (``kind="axon"``) it also
+    says how many more axons AxonDeepSeg's CLI finds there: it passes the 8-bit mask to
+    ``skimage.measure.label``, which labels each grey value's regions separately, so such pixels beside an axon
+    become axons of their own (ads_sem's sub-rat2: 364 axons there, 363 here). It takes its myelin mask (and the
+    distance map) as nonzero, as here.
+    """
+    from nnunet_ext.io.images import read_image_2d
+
+    name = str(path) if name is None else name
+    array = read_image_2d(path)
+    if array.dtype != np.bool_ and not np.issubdtype(array.dtype, np.integer):
+        return as_binary_mask(array, name)  # float masks: strictly binary or an error
+    high = array.max(initial=0)
+    foreground = array != 0
+    off_nominal = int(np.count_nonzero(foreground & (array != high)))
+    if off_nominal:
+        message = f"{name}: {off_nominal} pixel(s) neither 0 nor {high}; counted as foreground (nonzero)"
+        if kind == "axon":
+            extra = ads_extra_axons(array)
+            message += (f". AxonDeepSeg's CLI labels each grey value separately (skimage.measure.label of the "
+                        f"8-bit mask), so it counts {extra} axon(s) more in this mask; save it as 0/{high} for "
+                        f"the same axons" if extra else
+                        ", as AxonDeepSeg's CLI does here (it labels each grey value separately, which gives the "
+                        "same axons in this mask)")
+        warnings.warn(message)
+    return foreground
+
+
+def ads_extra_axons(array: np.ndarray) -> int:
+    """How many more 8-connected regions AxonDeepSeg's ``skimage.measure.label(mask, connectivity=2)`` finds in
+    an integer mask (one label per connected region of equal value) than there are nonzero components."""
+    from scipy import ndimage as ndi
+
+    structure = np.ones((3, 3), bool)
+    ours = ndi.label(array != 0, structure=structure)[1]
+    theirs = sum(ndi.label(array == value, structure=structure)[1] for value in np.unique(array) if value != 0)
+    return int(theirs - ours)
 
 
 def prepare_masks(axon_mask, myelin_mask) -> tuple[np.ndarray, np.ndarray]:

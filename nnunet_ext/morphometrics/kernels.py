@@ -142,7 +142,7 @@ def label_components_4(mask) -> tuple[np.ndarray, int]:
     ``scipy.ndimage.label``'s default and of AxonDeepSeg's ``measure.label(connectivity=1)`` (fascicles,
     unmyelinated axons)."""
     mask = np.ascontiguousarray(mask, dtype=bool)
-    labels, count = fill_components(mask, mask, False)
+    labels, count = mask_components(mask, mask)
     return labels, int(count)
 
 

@@ -12,17 +12,18 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nnunet_ext.io.atomic import publish_files, scratch_folder
+from nnunet_ext.io.atomic import publish_files, scratch_folder, write_json_atomically
 from nnunet_ext.io.bids import UAXON_LABEL, find_bids_images, find_sidecar, is_bids_dataset, read_label_image
 from nnunet_ext.io.images import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, is_zarr, read_image_2d, strip_extension
 from nnunet_ext.io.pixel_size import (PIXEL_SIZE_FILE, PixelSizeNotFoundError, check_pixel_size, find_pixel_size,
                                       pixel_size_from_sidecar)
 from nnunet_ext.morphometrics.aggregate_metrics import AGGREGATE_KEYS, aggregate_from_counts, aggregate_morphometrics
-from nnunet_ext.morphometrics.axon import (as_binary_mask, axon_morphometrics, masks_from_label_image, measure_axons,
-                                           prepare_masks)
+from nnunet_ext.morphometrics.axon import (axon_morphometrics, masks_from_label_image, measure_axons, prepare_masks,
+                                           read_mask_file)
 from nnunet_ext.morphometrics.maps import save_map_pngs, tile_morphometrics, tile_size_in_pixels, tiles_from_counts
 from nnunet_ext.morphometrics.qc import save_qc_overlay
-from nnunet_ext.morphometrics.nerve import write_nerve_json
+from nnunet_ext.morphometrics.nerve import (FASCICLE_CSV_SUFFIX, NERVE_COLUMNS, NERVE_JSON_SUFFIX,
+                                            fascicle_report, nerve_morphometrics, restrict_to_nerve)
 from nnunet_ext.morphometrics.slide_chunks import slide_morphometrics
 
 # AxonDeepSeg's single-file mask (mask.png of its training data): value -> class
@@ -179,46 +180,6 @@ def _discover_bids(root: Path, pixel_size_um: float | None, label_suffix: str) -
     return items
 
 
-def read_mask_file(path: Path, kind: str = "mask") -> np.ndarray:
-    """A binary mask file as bool: nonzero is foreground.
-
-    Anti-aliased masks (values between 0 and the maximum, as in some of ADS's own manual masks) are accepted with
-    a warning saying how many pixels are neither 0 nor the maximum. For an axon mask (``kind="axon"``) it also
-    says how many more axons AxonDeepSeg's CLI finds there: it passes the 8-bit mask to
-    ``skimage.measure.label``, which labels each grey value's regions separately, so such pixels beside an axon
-    become axons of their own (ads_sem's sub-rat2: 364 axons there, 363 here). It takes its myelin mask (and the
-    distance map) as nonzero, as here.
-    """
-    array = read_image_2d(path)
-    if array.dtype != np.bool_ and not np.issubdtype(array.dtype, np.integer):
-        return as_binary_mask(array, str(path))  # float masks: strictly binary or an error
-    high = array.max(initial=0)
-    foreground = array != 0
-    off_nominal = int(np.count_nonzero(foreground & (array != high)))
-    if off_nominal:
-        message = f"{path}: {off_nominal} pixel(s) neither 0 nor {high}; counted as foreground (nonzero)"
-        if kind == "axon":
-            extra = ads_extra_axons(array)
-            message += (f". AxonDeepSeg's CLI labels each grey value separately (skimage.measure.label of the "
-                        f"8-bit mask), so it counts {extra} axon(s) more in this mask; save it as 0/{high} for "
-                        f"the same axons" if extra else
-                        ", as AxonDeepSeg's CLI does here (it labels each grey value separately, which gives the "
-                        "same axons in this mask)")
-        warnings.warn(message)
-    return foreground
-
-
-def ads_extra_axons(array: np.ndarray) -> int:
-    """How many more 8-connected regions AxonDeepSeg's ``skimage.measure.label(mask, connectivity=2)`` finds in
-    an integer mask (one label per connected region of equal value) than there are nonzero components."""
-    from scipy import ndimage as ndi
-
-    structure = np.ones((3, 3), bool)
-    ours = ndi.label(array != 0, structure=structure)[1]
-    theirs = sum(ndi.label(array == value, structure=structure)[1] for value in np.unique(array) if value != 0)
-    return int(theirs - ours)
-
-
 def load_masks(item: MorphometricsInput, myelin_label: int = 1, axon_label: int = 2, extra: dict | None = None,
                nerve_label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Axon and myelin masks of one input, with errors naming its files.
@@ -318,13 +279,7 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"several inputs are named {duplicates}: outputs would collide")
-    if table_format not in ("csv", "xlsx"):
-        raise ValueError(f"table format must be 'csv' or 'xlsx', got {table_format!r}")
-    if table_format == "xlsx":
-        import importlib.util
-
-        if importlib.util.find_spec("openpyxl") is None:
-            raise ImportError("--format xlsx needs openpyxl: pip install 'nnunet-ext[xlsx]' (or openpyxl)")
+    check_table_format(table_format)
     planned = [COMBINED_CSV, AGGREGATE_CSV] + [f"{n}_axon_morphometrics.{table_format}" for n in names]
     existing = [name for name in planned if (out_dir / name).exists()]
     if existing and not overwrite:
@@ -344,8 +299,6 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
             axon, myelin = load_masks(item, myelin_label, axon_label, extra=uaxon_found, nerve_label=nerve_label)
             nerve_mask = None
             if nerve is not None or nerve_label is not None:
-                from nnunet_ext.morphometrics.nerve import restrict_to_nerve
-
                 nerve_mask = uaxon_found.get("nerve")
                 if nerve_mask is None:
                     nerve_mask = read_mask_file(_nerve_path(nerve, item, len(inputs)))
@@ -390,9 +343,10 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
             if "uaxon" in uaxon_found:
                 from nnunet_ext.morphometrics.unmyelinated import population_summary, uaxon_morphometrics
 
+                if uaxon_found["uaxon"].shape != axon.shape:
+                    raise ValueError(f"{item.uaxon_path}: shape {uaxon_found['uaxon'].shape} differs from "
+                                     f"{axon.shape}")
                 uaxon = uaxon_found["uaxon"] & ~axon & ~myelin  # axon and myelin win, as in 'convert bids'
-                if uaxon.shape != axon.shape:
-                    raise ValueError(f"{item.uaxon_path}: shape {uaxon.shape} differs from {axon.shape}")
                 if roi_mask is not None:  # with a nerve: the nerve (within the ROI, if any)
                     uaxon &= roi_mask
                 uaxon_table = uaxon_morphometrics(uaxon, item.pixel_size_um, axon_shape, image_name=item.name)
@@ -402,15 +356,8 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
                 uaxon_tables.append(uaxon_table)
                 _write_csv(uaxon_table, tmp / f"{item.name}_uaxon_morphometrics.{table_format}")
             if nerve_mask is not None:
-                from nnunet_ext.morphometrics.nerve import (FASCICLE_CSV_SUFFIX, NERVE_JSON_SUFFIX, nerve_morphometrics,
-                                                            write_nerve_json)
-
-                nerve_data, kept, fascicles = nerve_morphometrics(nerve_mask, axon, myelin, kept, item.pixel_size_um)
-                write_nerve_json(nerve_data, tmp / f"{item.name}{NERVE_JSON_SUFFIX}")
-                fascicles.to_csv(tmp / f"{item.name}{FASCICLE_CSV_SUFFIX}", index=False, na_rep="NaN")
-                aggregate.update(fascicle_count=len(fascicles),
-                                 nerve_area_um2=nerve_data["total_area"]["value"],
-                                 total_axon_density_per_um2=nerve_data["total_axon_density"]["value"])
+                kept = _write_nerve_report(tmp, item.name, aggregate, *nerve_morphometrics(
+                    nerve_mask, axon, myelin, kept, item.pixel_size_um))
             aggregates.append(aggregate)
             jobs.append(writer.submit(_write_csv, kept, tmp / f"{item.name}_axon_morphometrics.{table_format}"))
             if index_maps or colorize:
@@ -443,7 +390,7 @@ def run_morphometrics(inputs: list[MorphometricsInput], out_dir: str | os.PathLi
             columns += POPULATION_KEYS
             pd.concat(uaxon_tables, ignore_index=True).to_csv(tmp / UAXON_CSV, index=False, na_rep="NaN")
         if nerve is not None or nerve_label is not None:
-            columns += ["fascicle_count", "nerve_area_um2", "total_axon_density_per_um2"]
+            columns += NERVE_COLUMNS
         pd.DataFrame(aggregates, columns=columns).to_csv(tmp / AGGREGATE_CSV, index=False, na_rep="NaN")
         written = publish_files(tmp, out_dir)
     return {"images": len(inputs), "axons": int(sum(len(t) for t in tables)), "files": written,
@@ -469,6 +416,28 @@ def _nerve_path(nerve, item: MorphometricsInput, n_inputs: int) -> Path:
     if not found:
         raise FileNotFoundError(f"{folder}: no nerve mask {candidates[0]}.png for {item.name}")
     return found[0]
+
+
+def check_table_format(table_format: str) -> None:
+    """``csv`` or ``xlsx`` (with openpyxl installed), else an error saying what to do."""
+    if table_format not in ("csv", "xlsx"):
+        raise ValueError(f"table format must be 'csv' or 'xlsx', got {table_format!r}")
+    if table_format == "xlsx":
+        import importlib.util
+
+        if importlib.util.find_spec("openpyxl") is None:
+            raise ImportError("--format xlsx needs openpyxl: pip install 'nnunet-ext[xlsx]' (or openpyxl)")
+
+
+def _write_nerve_report(folder: Path, name: str, aggregate: dict, nerve_data: dict, per_axon: pd.DataFrame,
+                        fascicles: pd.DataFrame) -> pd.DataFrame:
+    """Write ADS's nerve JSON and our fascicle table, add the nerve's columns (:data:`NERVE_COLUMNS`) to
+    ``aggregate``; returns the per-axon table with ``fascicle_id`` (images and slides alike)."""
+    write_json_atomically(nerve_data, folder / f"{name}{NERVE_JSON_SUFFIX}", indent=4)
+    fascicles.to_csv(folder / f"{name}{FASCICLE_CSV_SUFFIX}", index=False, na_rep="NaN")
+    aggregate.update(dict(zip(NERVE_COLUMNS, (len(fascicles), nerve_data["total_area"]["value"],
+                                              nerve_data["total_axon_density"]["value"]))))
+    return per_axon
 
 
 def _write_index_maps(*args, **kwargs) -> None:
@@ -568,8 +537,6 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
     label ``uaxon_label`` (None: that value is refused as unknown), written when the slide has any pixel of it. No index
     images for slides (a number per axon on a whole slide is not readable; the QC overview shows the axons).
     """
-    from nnunet_ext.morphometrics.nerve import FASCICLE_CSV_SUFFIX, NERVE_JSON_SUFFIX, fascicle_report
-
     source = Path(source)
     if source.is_dir() and not is_zarr(source):
         raise ValueError(f"{source}: a folder; the chunked path (--chunk-size) measures one label slide (Zarr, "
@@ -581,8 +548,7 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
     if source.is_file() and not source.name.lower().endswith((".tif", ".tiff")):
         measured = read_label_image(source)  # a PNG cannot be read by windows: read whole, measured by chunk
     out_dir = Path(out_dir)
-    if table_format not in ("csv", "xlsx"):
-        raise ValueError(f"table format must be 'csv' or 'xlsx', got {table_format!r}")
+    check_table_format(table_format)  # before a slide's measurement, not after it
     planned = [COMBINED_CSV, AGGREGATE_CSV, f"{name}_axon_morphometrics.{table_format}"]
     existing = [p for p in planned if (out_dir / p).exists()]
     if existing and not overwrite:
@@ -622,17 +588,13 @@ def run_slide(source: str | os.PathLike, out_dir: str | os.PathLike, pixel_size_
             aggregate.update(population_summary(aggregate["axon_count"], uaxon, aggregate["area (mm^2)"] * 1e6),
                              uaxon_halo_exceeded=result.uaxon_halo_exceeded)
             columns += POPULATION_KEYS + ["uaxon_halo_exceeded"]
-            _write_csv(uaxon, tmp / f"{name}_uaxon_morphometrics.{table_format}")
-            uaxon.to_csv(tmp / UAXON_CSV, index=False, na_rep="NaN")
+            # one serialisation of a table that may hold millions of rows: the combined CSV is its text
+            (tmp / UAXON_CSV).write_text(_write_csv(uaxon, tmp / f"{name}_uaxon_morphometrics.{table_format}"))
         if result.fascicle_counts is not None:
-            nerve_data, kept, fascicles = fascicle_report(kept, result.fascicle_counts, pixel_size)
-            write_nerve_json(nerve_data, tmp / f"{name}{NERVE_JSON_SUFFIX}")
-            fascicles.to_csv(tmp / f"{name}{FASCICLE_CSV_SUFFIX}", index=False, na_rep="NaN")
-            aggregate.update(fascicle_count=len(fascicles), nerve_area_um2=nerve_data["total_area"]["value"],
-                             total_axon_density_per_um2=nerve_data["total_axon_density"]["value"])
-            columns += ["fascicle_count", "nerve_area_um2", "total_axon_density_per_um2"]
-        _write_csv(kept, tmp / f"{name}_axon_morphometrics.{table_format}")
-        kept.to_csv(tmp / COMBINED_CSV, index=False, na_rep="NaN")
+            kept = _write_nerve_report(tmp, name, aggregate, *fascicle_report(kept, result.fascicle_counts,
+                                                                              pixel_size))
+            columns += NERVE_COLUMNS
+        (tmp / COMBINED_CSV).write_text(_write_csv(kept, tmp / f"{name}_axon_morphometrics.{table_format}"))
         pd.DataFrame([aggregate], columns=columns).to_csv(tmp / AGGREGATE_CSV, index=False, na_rep="NaN")
         if maps:
             tiles = result.tiles

@@ -20,6 +20,8 @@ from nnunet_ext.morphometrics.aggregate_metrics import aggregate_from_counts
 #: ADS's output name: ``<stem>_nerve_morphometrics.json``.
 NERVE_JSON_SUFFIX = "_nerve_morphometrics.json"
 FASCICLE_CSV_SUFFIX = "_fascicles.csv"
+#: Columns the nerve mode adds to the aggregate CSV.
+NERVE_COLUMNS = ["fascicle_count", "nerve_area_um2", "total_axon_density_per_um2"]
 
 
 def fascicle_labels(nerve_mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -91,10 +93,3 @@ def restrict_to_nerve(axon: np.ndarray, myelin: np.ndarray, nerve: np.ndarray) -
     if nerve.shape != axon.shape:
         raise ValueError(f"nerve mask {nerve.shape} and label {axon.shape} have different shapes")
     return axon & nerve, myelin & nerve
-
-
-def write_nerve_json(data: dict, path) -> None:
-    import json
-
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=4)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,7 +29,8 @@ from nnunet_ext.io.pixel_size import check_pixel_size
 from nnunet_ext.io.slides import Block, block_grid, dask_client, open_label_slide, run_block_tasks
 
 from nnunet_ext.morphometrics.aggregate_metrics import AGGREGATE_KEYS, aggregate_from_counts
-from nnunet_ext.morphometrics.axon import COLUMNS, as_binary_mask, masks_from_label_image, measure_axons
+from nnunet_ext.morphometrics.axon import (COLUMNS, as_binary_mask, masks_from_label_image, measure_axons,
+                                           read_mask_file)
 from nnunet_ext.morphometrics.kernels import label_components_4
 from nnunet_ext.morphometrics.maps import tile_pixel_counts, tiles_from_counts
 from nnunet_ext.morphometrics.slide_components import core_parts, merge_core_parts
@@ -97,19 +97,16 @@ class MaskSource:
 
 def open_mask_source(mask, slide_shape, what: str = "ROI mask") -> MaskSource:
     """A :class:`MaskSource` for an ROI or nerve mask given as a path or an array, checked against the slide's
-    shape; an image that is not a slide format (PNG) is read into memory once and travels with the tasks."""
-    array = open_roi_source(mask)
+    shape. An image that is not a slide format (PNG) is read whole, as the image path reads mask files (nonzero is
+    inside, a warning for anti-aliased edges), and travels with the tasks; Zarr and TIFF masks, read by chunk, must
+    be strictly binary in each chunk."""
     is_file = isinstance(mask, (str, os.PathLike))
     name = f"{mask}: {what}" if is_file else what  # errors name the file
+    if is_file and Path(mask).is_file() and not str(mask).lower().endswith((".tif", ".tiff")):
+        array = read_mask_file(mask, name=name)
+    else:
+        array = open_roi_source(mask)
     factor = roi_factor(array.shape, slide_shape, name)
-    if is_file and isinstance(array, np.ndarray) and np.issubdtype(array.dtype, np.integer):
-        # a PNG read whole, as the image path reads mask files: nonzero is inside, anti-aliased edges with a
-        # warning (Zarr and TIFF masks, read by chunk, must be strictly binary in each chunk)
-        off_nominal = int(np.count_nonzero((array != 0) & (array != array.max(initial=0))))
-        if off_nominal:
-            warnings.warn(f"{name}: {off_nominal} pixel(s) neither 0 nor {array.max()}; counted as inside "
-                          f"(nonzero)")
-        array = array != 0
     source = mask if is_file and not isinstance(array, np.ndarray) else array
     return MaskSource(source, factor, name)
 
@@ -157,7 +154,7 @@ def checked_label_values(label: np.ndarray, myelin_label: int, axon_label: int, 
         return labels_from_axonmyelin(label)
     name = str(source) if isinstance(source, (str, os.PathLike)) else "label slide"
     where = "" if core is None else f" in chunk y {core[0]}:{core[1]}, x {core[2]}:{core[3]}"
-    others = "".join(f", {v} {name}" for v, name in other_labels.items())
+    others = "".join(f", {value} {what}" for value, what in other_labels.items())
     raise ValueError(f"{name}: unexpected label values {sorted(unknown)[:8]}{where} (expected 0, {myelin_label} "
                      f"myelin, {axon_label} axon{others}; see --myelin-label and --axon-label)")
 
@@ -177,13 +174,12 @@ class ChunkJob:
     roi: MaskSource | None = None
     nerve: MaskSource | None = None
     uaxon_label: int | None = None
-    other_labels: tuple = ()  # further values read as background (the nerve tissue of --nerve-label)
+    nerve_label: int | None = None  # nerve tissue of --nerve-label (background once the nerve is built)
 
     def read_label(self, window: Block, core: Block, array=None) -> np.ndarray:
         array = open_label_slide(self.source) if array is None else array
-        others = {v: "nerve tissue" for v in self.other_labels}
-        if self.uaxon_label is not None:
-            others[self.uaxon_label] = "unmyelinated axon"
+        others = {value: what for value, what in ((self.uaxon_label, "unmyelinated axon"),
+                                                  (self.nerve_label, "nerve tissue")) if value is not None}
         y0, y1, x0, x1 = window
         return checked_label_values(np.asarray(array[y0:y1, x0:x1]), self.myelin_label, self.axon_label,
                                     self.source, core, others)
@@ -230,9 +226,9 @@ def measure_uaxon_window(mask: np.ndarray, window: Block, core: Block, shape, pi
                          ) -> tuple[pd.DataFrame, int]:
     """The unmyelinated axons owned by ``core`` (centroid pixel inside it) of a window's mask, in slide
     coordinates with ``_first``; an axon reaching an inner edge of the window is noted (its size may be cut)."""
-    from nnunet_ext.morphometrics.unmyelinated import uaxon_labels, uaxon_morphometrics
+    from nnunet_ext.morphometrics.unmyelinated import uaxon_morphometrics
 
-    table, first = uaxon_morphometrics(mask, pixel_size, axon_shape, labels=uaxon_labels(mask), return_first=True)
+    table, first = uaxon_morphometrics(mask, pixel_size, axon_shape, return_first=True)
     owned, _, _ = _owned(table, window, core)
     table, first = table[owned].copy(), first[owned]
     exceeded = _edge_flags(table, window, shape, 1)  # one pixel beyond it must be seen to know it ends there
@@ -301,49 +297,50 @@ def measure_chunk(job: ChunkJob, core: Block) -> dict:
             "uaxon_halo_exceeded": uaxon_exceeded, "uaxon_present": uaxon_present, "fascicles": fascicles}
 
 
-def nerve_parts_from_labels(job: ChunkJob, nerve_label: int, core: Block):
-    """First pass of ``--nerve-label`` on a slide: the core's 4-connected parts of nerve tissue with the axon, myelin
-    (and unmyelinated-axon) pixels, and which parts hold tissue."""
-    core = Block(*core)
+def _nerve_core_labels(job: ChunkJob, core: Block) -> tuple[np.ndarray, np.ndarray, int]:
+    """A core's label values and its 4-connected parts of nerve tissue with the axon, myelin and unmyelinated-axon
+    pixels (the same labels in both passes of ``--nerve-label``)."""
     label = job.read_label(core, core)
-    labels, count = label_components_4(_nerve_candidates(label, job, nerve_label))
+    values = [job.nerve_label, job.myelin_label, job.axon_label, job.uaxon_label]
+    labels, count = label_components_4(np.isin(label, [v for v in values if v is not None]))
+    return label, labels, count
+
+
+def nerve_parts_from_labels(job: ChunkJob, core: Block):
+    """First pass of ``--nerve-label`` on a slide: the core's parts (:func:`_nerve_core_labels`) and which of them
+    hold tissue."""
+    core = Block(*core)
+    label, labels, count = _nerve_core_labels(job, core)
     width = open_label_slide(job.source).shape[1]
     return core_parts(labels, count, core, width,
-                      tissue=np.bincount(labels[label == nerve_label], minlength=count + 1))
+                      tissue=np.bincount(labels[label == job.nerve_label], minlength=count + 1))
 
 
-def _nerve_candidates(label: np.ndarray, job: ChunkJob, nerve_label: int) -> np.ndarray:
-    values = [nerve_label, job.myelin_label, job.axon_label] + ([job.uaxon_label] if job.uaxon_label else [])
-    return np.isin(label, values)
-
-
-def write_nerve_core(job: ChunkJob, nerve_label: int, in_nerve: np.ndarray, target: str, core: Block) -> None:
+def write_nerve_core(job: ChunkJob, in_nerve: np.ndarray, target: str, core: Block) -> None:
     """Second pass of ``--nerve-label``: the core's nerve mask (``in_nerve``: per core-local part, whether its global
     component holds tissue) into the Zarr array ``target``, whose chunks are the cores."""
     import zarr
 
     core = Block(*core)
-    label = job.read_label(core, core)
-    labels, _ = label_components_4(_nerve_candidates(label, job, nerve_label))
+    _, labels, _ = _nerve_core_labels(job, core)
     zarr.open_array(target, mode="r+")[core.y0:core.y1, core.x0:core.x1] = in_nerve[labels]
 
 
-def nerve_from_label_slide(job: ChunkJob, nerve_label: int, grid: list[Block], folder: Path, client, workers,
-                           progress) -> str:
-    """The nerve of a label slide as a bool Zarr array in ``folder``: tissue ``nerve_label`` with the axon, myelin
+def nerve_from_label_slide(job: ChunkJob, grid: list[Block], folder: Path, client, workers, progress) -> str:
+    """The nerve of a label slide as a bool Zarr array in ``folder``: tissue ``job.nerve_label`` with the axon, myelin
     and unmyelinated-axon pixels 4-connected to it, across chunks (as ``load_masks`` does for an image)."""
     import zarr
 
     shape = open_label_slide(job.source).shape
-    parts = run_block_tasks(nerve_parts_from_labels, [(job, nerve_label, core) for core in grid], client, workers,
-                            progress, description="nerve")
+    parts = run_block_tasks(nerve_parts_from_labels, [(job, core) for core in grid], client, workers, progress,
+                            description="nerve")
     merged = merge_core_parts(parts, grid)
     has_tissue = merged.sums["tissue"] > 0
     has_tissue[0] = False
     target = str(folder / "nerve.zarr")
     chunk = max(grid[0].shape) if grid else 1  # one Zarr chunk per core: tasks never write the same chunk
     zarr.create_array(target, shape=shape, chunks=(chunk, chunk), dtype=bool, fill_value=False)
-    run_block_tasks(write_nerve_core, [(job, nerve_label, has_tissue[lookup], target, core)  # small per task
+    run_block_tasks(write_nerve_core, [(job, has_tissue[lookup], target, core)  # small per task
                                        for lookup, core in zip(merged.lookup, grid)], client, workers, progress,
                     description="nerve mask")
     return target
@@ -429,7 +426,7 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
                    myelin_label, axon_label, tile_size_px, step,
                    roi=None if roi is None else open_mask_source(roi, (height, width), "ROI mask"),
                    nerve=None if nerve is None else open_mask_source(nerve, (height, width), "nerve mask"),
-                   uaxon_label=uaxon_label, other_labels=() if nerve_label is None else (nerve_label,))
+                   uaxon_label=uaxon_label, nerve_label=nerve_label)
     show = progress and len(grid) > 1
     if nerve_label is not None and work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
@@ -437,7 +434,7 @@ def slide_morphometrics(source, pixel_size_um, chunk_size: int = 2048, halo: int
         prefix=".nnunet-ext-nerve-", dir=None if work_dir is None else Path(work_dir).resolve())
     with dask_client(scheduler) as client, scratch as folder:
         if nerve_label is not None:
-            target = nerve_from_label_slide(job, nerve_label, grid, Path(folder), client, num_workers, show)
+            target = nerve_from_label_slide(job, grid, Path(folder), client, num_workers, show)
             job = replace(job, nerve=MaskSource(target, 1, "nerve mask"))
         results = run_block_tasks(measure_chunk, [(job, core) for core in grid], client, num_workers, show,
                                   description="chunks")

@@ -386,6 +386,12 @@ def axon_myelin_values(labels: dict) -> tuple[int, int] | None:
     return None
 
 
+def uaxon_value(labels: dict) -> int | None:
+    """The ``unmyelinated axon`` label value of a model trained with ``convert bids --uaxon label``, or None."""
+    value = labels.get("unmyelinated axon")
+    return value if isinstance(value, int) else None
+
+
 def predict_image(predictor, image: np.ndarray, return_probabilities: bool = False):
     """Predict one 2D grey image in one piece with nnU-Net's own pipeline.
 

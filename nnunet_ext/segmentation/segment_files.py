@@ -19,7 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunet_ext.morphometrics.measure_files import MorphometricsInput, run_morphometrics, run_slide
-from nnunet_ext.segmentation.predictor import ModelSpec, axon_myelin_values, cached_predictor, predict_image
+from nnunet_ext.segmentation.predictor import (ModelSpec, axon_myelin_values, cached_predictor, predict_image,
+                                               uaxon_value)
 from nnunet_ext.io.atomic import atomic_output_path, write_json_atomically
 from nnunet_ext.io.bids import (ADS_MASK_SUFFIXES, ADS_MASK_VALUE, ADS_UAXON_SUFFIX, ads_masks_from_labels,
                                 find_bids_images, is_bids_dataset)
@@ -208,10 +209,9 @@ def segment_inputs(inputs: list[SegmentationInput], out_dir: str | os.PathLike, 
     summary = {"records": records, "seconds": time.perf_counter() - started, "morphometrics": None,
                "output": out_dir}
     if morphometrics:
-        uaxon = labels_map.get("unmyelinated axon")
         summary["morphometrics"] = _run_morphometrics(inputs, out_dir, values, axon_shape, overwrite or
                                                       continue_existing, scheduler, workers, postprocess,
-                                                      uaxon if isinstance(uaxon, int) else None)
+                                                      uaxon_value(labels_map))
     return summary
 
 
@@ -229,8 +229,8 @@ def _segment_image_input(item, folder, predictor, labels_map, values, save_proba
     outputs = []
     if values is not None:
         outputs += write_ads_masks(labels, folder, item.name, *values)
-    uaxon = labels_map.get("unmyelinated axon")
-    if isinstance(uaxon, int):  # a model trained with 'convert bids --uaxon label': AxonDeepSeg 5.5's uaxon mask
+    uaxon = uaxon_value(labels_map)
+    if uaxon is not None:  # a model trained with 'convert bids --uaxon label': AxonDeepSeg 5.5's uaxon mask
         outputs.append(write_png(folder / f"{item.name}{ADS_UAXON_SUFFIX}.png",
                                  (labels == uaxon).astype(np.uint8) * ADS_MASK_VALUE))
     if probabilities is not None:
@@ -258,11 +258,11 @@ def _segment_slide_input(item, folder, spec, labels_map, values, save_probabilit
                            source_file=None if isinstance(source, Path) else item.path)
     outputs = [output]
     labels = read_labels(output)
-    uaxon = labels_map.get("unmyelinated axon")
+    uaxon = uaxon_value(labels_map)
     if values is not None:  # with an unmyelinated-axon class, its overview too (the label array keeps every class)
         outputs += save_overview_png(folder / f"{item.name}_seg-overview.png", labels, *values,
-                                     uaxon_path=folder / f"{item.name}{ADS_UAXON_SUFFIX}-overview.png"
-                                     if isinstance(uaxon, int) else None, uaxon_value=uaxon)
+                                     uaxon_path=None if uaxon is None else
+                                     folder / f"{item.name}{ADS_UAXON_SUFFIX}-overview.png", uaxon_value=uaxon)
     return SegmentationRecord(item.name, result.shape, time.perf_counter() - started, outputs, slide=True,
                               blocks=result.blocks, blocks_resumed=result.blocks_skipped)
 

@@ -38,16 +38,14 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
-from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from nnunet_ext.io.atomic import replace_folder, write_json_atomically
 from nnunet_ext.io.bids import ADS_AXON_VALUE, ADS_MYELIN_VALUE
 from nnunet_ext.io.images import write_png
-from nnunet_ext.io.slides import SlideSource, block_grid, dask_client, open_slide, read_labels, run_block_tasks
+from nnunet_ext.io.slides import SlideSource, block_grid, dask_client, open_slide, run_block_tasks
 from nnunet_ext.segmentation.slide_normalisation import (SlideStatistics, block_statistics, check_slide_preprocessing,
                                                          combine_statistics, normalize_block)
 from nnunet_ext.segmentation.slide_tiling import axis_tiles, axis_window
